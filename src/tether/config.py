@@ -1,0 +1,335 @@
+"""Typed, frozen configs loaded from YAML plus ``key=value`` overrides.
+
+Every config is a frozen dataclass whose fields carry a one-line ``help``. ``load_config``
+checks the keys, coerces and type-checks the values, runs the class's own ``problems()`` and
+reports everything wrong at once in a single ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from tether.errors import ConfigError
+
+__all__ = [
+    "TrainConfig",
+    "config_help",
+    "load_config",
+    "opt",
+    "save_config",
+    "to_dict",
+]
+
+C = TypeVar("C")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with a default and a one-line description (shown by ``--help``)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type."""
+
+    # --- what to train, on what, where to write it
+    model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
+    tokenizer: str | None = opt(None, "tokenizer path or hub id (default: the model's)")
+    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv file, saved dataset dir or hub id")
+    eval_data: str | None = opt(None, "held-out data in any format `data` accepts")
+    output_dir: str = opt("runs/train", "run directory (config.yaml, metrics.jsonl, model/ ...)")
+    data_format: Literal["auto", "standard", "conversational", "implicit"] = opt(
+        "auto", "how rows are read; auto detects from the fields"
+    )
+    field_map: dict[str, str] = opt(
+        {}, "rename fields to tether's, e.g. field_map.chosen=output (target=source)"
+    )
+    prompt_template: str | None = opt(
+        None, "build the prompt from fields, e.g. 'alpaca' or '{instruction}\\n{input}'"
+    )
+    split: str = opt("train", "split to read from a saved/hub dataset")
+
+    # --- objective
+    loss: str = opt("dpo", "objective: a name in tether.losses.LOSSES (dpo, sft, ...)")
+    beta: float = opt(0.1, "inverse temperature of the implicit reward (KL strength)")
+    label_smoothing: float = opt(0.0, "epsilon: assumed fraction of flipped labels (cDPO)")
+    average_logps: bool = opt(False, "average completion log-probs per token instead of summing")
+    reference: Literal["precomputed", "copy", "lora", "none", "auto"] = opt(
+        "auto", "reference model: precomputed cache | frozen copy | lora | none (auto picks)"
+    )
+
+    # --- optimisation
+    lr: float = opt(5e-7, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+    batch_size: int = opt(8, "pairs per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int = opt(-1, "optimizer steps; -1 means run `epochs` epochs")
+    epochs: float = opt(1.0, "passes over the data when max_steps is -1")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    scheduler: Literal["linear", "cosine", "constant"] = opt(
+        "linear", "decay after warm-up"
+    )
+    max_grad_norm: float = opt(1.0, "clip the gradient norm (0 disables)")
+    seed: int = opt(0, "seed for data order, initialisation and sampling")
+
+    # --- sequences
+    max_length: int = opt(1024, "prompt + completion tokens; completions lose their end")
+    max_prompt_length: int | None = opt(
+        None, "prompt tokens kept (its end survives); default: no separate limit"
+    )
+    chat_template: Literal["auto", "on", "off"] = opt(
+        "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
+    )
+    group_by_length: bool = opt(True, "batch rows of similar length together to cut padding")
+    logprob_chunk: int = opt(1024, "tokens per chunk of the LM head (bounds logit memory)")
+
+    # --- numerics and device
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "parameter dtype: auto = float32 on CPU, bfloat16 on GPUs that support it"
+    )
+    autocast: Literal["auto", "on", "off"] = opt(
+        "off", "bf16 autocast for matmuls (fp32 master weights); auto = on GPU/bf16 CPUs"
+    )
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    trust_remote_code: bool = opt(False, "allow model code from the hub (off unless you ask)")
+
+    # --- logging and evaluation
+    log_every: int = opt(1, "write metrics every N optimizer steps")
+    eval_every: int = opt(0, "evaluate on eval_data every N steps (0: only at the end)")
+    eval_batch_size: int = opt(8, "pairs per batch for evaluation and reference passes")
+    cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached")
+    progress: bool = opt(True, "show progress bars")
+
+    def problems(self) -> list[str]:
+        """Value checks that types alone cannot express."""
+        out = []
+        if not self.model:
+            out.append("model: required (a local directory or hub id)")
+        if not self.data:
+            out.append("data: required (a preference file, saved dataset or hub id)")
+        if self.beta <= 0:
+            out.append(f"beta: must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            out.append(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        if self.lr <= 0:
+            out.append(f"lr: must be > 0, got {self.lr}")
+        for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_batch_size",
+                     "logprob_chunk"):
+            if getattr(self, name) < 1:
+                out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            out.append(f"max_steps: must be >= 1 or -1 (use epochs), got {self.max_steps}")
+        if self.max_steps == -1 and self.epochs <= 0:
+            out.append(f"epochs: must be > 0, got {self.epochs}")
+        if self.warmup_steps < 0:
+            out.append(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
+            out.append(
+                f"max_prompt_length: must be in [1, max_length={self.max_length}), "
+                f"got {self.max_prompt_length}"
+            )
+        if self.eval_every < 0:
+            out.append(f"eval_every: must be >= 0, got {self.eval_every}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            out.append(f"adam_betas: must be two numbers in [0, 1), got {self.adam_betas}")
+        from tether.losses import LOSSES  # late: losses imports torch
+
+        if self.loss not in LOSSES:
+            out.append(_unknown("loss", self.loss, list(LOSSES)))
+        return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if close:
+        return f"{what}: unknown '{name}' (did you mean '{close[0]}'?)"
+    return f"{what}: unknown '{name}'; valid: {', '.join(sorted(valid))}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise ValueError with a readable reason."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML turns on/off/yes/no into bools
+            value = {True: "on", False: "off"}.get(value, value)
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 5e-7 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(key, v, vt) for k, v in value.items()}
+    raise TypeError(f"config field {key} has unsupported type {tp}")  # internal bug
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value, e.g. beta=0.1")
+    key, raw = item.split("=", 1)
+    key = key.strip().lstrip("-").replace("-", "_")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> C:
+    """Build ``cls`` from a YAML file and ``key=value`` overrides, reporting all problems at once.
+
+    Dotted keys set one entry of a mapping field: ``field_map.chosen=output``.
+    """
+    raw: dict[str, Any] = {}
+    where = "overrides"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
+        raw.update(loaded)
+    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    for key, value in items:
+        if "." in key:
+            head, sub = key.split(".", 1)
+            base = raw.get(head)
+            raw[head] = {**(base if isinstance(base, dict) else {}), sub: value}
+        else:
+            raw[key] = value
+    return build_config(cls, raw, where=where)
+
+
+def build_config(cls: type[C], raw: Mapping[str, Any], where: str = "config") -> C:
+    """Check and coerce a plain mapping into ``cls`` (all problems in one ConfigError)."""
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            problems.append(_unknown("key", key, names).replace("key: unknown", "unknown key", 1))
+            continue
+        try:
+            values[key] = _coerce(key, value, hints[key])
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+    # Value checks run even when some keys failed, on the keys that parsed, so the user sees
+    # every problem in one go; a key already reported is not reported twice.
+    cfg = cls(**values)
+    reported = {p.split(":", 1)[0] for p in problems}
+    problems.extend(
+        p for p in cfg.problems() if p.split(":", 1)[0] not in reported  # type: ignore[attr-defined]
+    )
+    if not problems:
+        return cfg
+    raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    """Write the resolved config, exactly what ran, as YAML."""
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def config_help(cls: type) -> str:
+    """One line per key: name, type, default, help (used by ``--help`` and the README)."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(
+            f"  {f.name:<20} {_type_name(hints[f.name]):<28} default {default!r}: "
+            f"{f.metadata.get('help', '')}"
+        )
+    return "\n".join(lines)

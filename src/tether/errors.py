@@ -1,0 +1,42 @@
+"""One exception tree for everything a user can cause.
+
+The CLI maps every ``TetherError`` to a one-line message and exit code 2; anything else is a
+bug in tether and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "JudgeError",
+    "ModelError",
+    "TetherError",
+]
+
+
+class TetherError(Exception):
+    """Base of every error a user can cause and fix. ``str(err)`` is one line."""
+
+    exit_code = 2
+
+
+class ConfigError(TetherError):
+    """An unknown key, a value of the wrong type, or an invalid value in a config."""
+
+
+class DataError(TetherError):
+    """A data file that cannot be read, or a row that breaks the format (names file and line)."""
+
+
+class ModelError(TetherError):
+    """A model or tokenizer that cannot be loaded or does not fit the run."""
+
+
+class CheckpointError(TetherError):
+    """A checkpoint that cannot be written, read, or resumed into this run."""
+
+
+class JudgeError(TetherError):
+    """A judge that cannot be set up (bad URL, missing API key variable, bad rule name)."""
