@@ -1,0 +1,1 @@
+"""Win-rate evaluation: generate from the policy and the reference, judge, and report."""
