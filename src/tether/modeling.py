@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,16 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any, out: Path) -> None:
-    """``save_pretrained`` (safetensors) plus the tokenizer: loadable without tether."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    """``save_pretrained`` (safetensors) plus the tokenizer: loadable without tether.
+
+    Written beside ``out`` and renamed into place, so a crash never leaves a half model there.
+    """
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

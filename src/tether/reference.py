@@ -32,7 +32,7 @@ from tether.batching import PreferenceBatch, collate
 from tether.logprobs import sequence_logps
 from tether.tokenization import TokenizedPair
 
-__all__ = ["FrozenCopy", "Precomputed", "Reference", "weights_fingerprint"]
+__all__ = ["FrozenCopy", "Precomputed", "Reference", "data_fingerprint", "weights_fingerprint"]
 
 log = logging.getLogger("tether")
 
@@ -53,7 +53,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
+def data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
     h = hashlib.sha256()
     for r in rows:
         h.update(json.dumps([r.prompt, r.chosen, r.rejected]).encode())
@@ -119,7 +119,7 @@ class Precomputed:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
             key = hashlib.sha256(
-                json.dumps([weights, _data_fingerprint(rows), dict(settings)], default=str).encode()
+                json.dumps([weights, data_fingerprint(rows), dict(settings)], default=str).encode()
             ).hexdigest()[:32]
             path = cache_dir / f"ref-{key}.safetensors"
             if path.exists():

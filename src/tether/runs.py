@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ class RunDir:
                  for k, v in row.items()}
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
+
+    def truncate_metrics(self, lines: int) -> None:
+        """Keep the first ``lines`` lines (atomically): what a resumed run has not redone."""
+        kept = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] \
+            if self.metrics_path.exists() else []
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
 
     def write_json(self, name: str, obj: Any) -> None:
         (self.path / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

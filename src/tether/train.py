@@ -7,9 +7,12 @@ which data shape) are made in ``_setup`` before the loop starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,13 +25,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tether.batching import PreferenceBatch, collate, micro_batches, step_batches
+from tether.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tether.config import TrainConfig
 from tether.data import load_completions, load_preferences, needs_chat
-from tether.errors import ConfigError, DataError
+from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
 from tether.logprobs import sequence_logps
 from tether.losses import LOSS_SPECS, LossOutput, call_loss
 from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
-from tether.reference import FrozenCopy, Precomputed, Reference
+from tether.reference import FrozenCopy, Precomputed, Reference, data_fingerprint
 from tether.runs import RunDir
 from tether.tokenization import TokenizedPair, tokenize_records, use_chat
 
@@ -53,14 +57,18 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int
+    fingerprint: dict[str, Any]
+    state: LoopState
 
 
 def train(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
     setup = _setup(cfg)
-    _loop(setup)
-    save_model(setup.policy, setup.tokenizer, setup.run.model_dir)  # type: ignore[arg-type]
-    log.info("model saved to %s", setup.run.model_dir)
+    with StopOnSignal() as stop:
+        finished = _loop(setup, stop)
+    if finished:
+        save_model(setup.policy, setup.tokenizer, setup.run.model_dir)  # type: ignore[arg-type]
+        log.info("model saved to %s", setup.run.model_dir)
     return setup.run.path
 
 
@@ -74,50 +82,70 @@ def sft(cfg: TrainConfig) -> Path:
 # --------------------------------------------------------------------------- the loop
 
 
-def _loop(s: Setup) -> None:
-    cfg, policy = s.cfg, s.policy
+def _loop(s: Setup, stop: StopOnSignal) -> bool:
+    """Run to ``total_steps``; False when a signal stopped it (after a checkpoint)."""
+    cfg, policy, st = s.cfg, s.policy, s.state
     rows_per_step = cfg.batch_size * cfg.grad_accum
     lengths = [r.length for r in s.train_rows]
     window: dict[str, float] = defaultdict(float)  # metric sums since the last log line
-    step, epoch, t_start, tokens = 0, 0, time.perf_counter(), 0
-    bar = tqdm(total=s.total_steps, desc=cfg.loss, disable=not cfg.progress)
+    t_start, tokens_at_start = time.perf_counter(), st.tokens
+    bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss, disable=not cfg.progress)
     policy.train()
-    while step < s.total_steps:
-        for step_rows in step_batches(lengths, rows_per_step, epoch, cfg.seed, cfg.group_by_length):
-            if step >= s.total_steps:
+    while st.step < s.total_steps:
+        steps = step_batches(lengths, rows_per_step, st.epoch, cfg.seed, cfg.group_by_length)
+        for step_rows in steps[st.step_in_epoch :]:
+            if st.step >= s.total_steps:
                 break
             # One optimizer step over grad_accum micro-batches; the loss is the mean over all
             # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
+            losses = []
             for micro in micro_batches(step_rows, cfg.grad_accum):
                 batch = collate([s.train_rows[i] for i in micro], micro, s.tokenizer.pad_token_id)
                 batch = batch.to(s.device)
                 with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                     out, stats = _forward(s, batch, "train")
-                (out.losses.sum() / len(step_rows)).backward()
+                loss = out.losses.sum() / len(step_rows)
+                loss.backward()
+                losses.append(loss.detach())
                 _accumulate(window, stats, len(micro))
-                tokens += batch.tokens
+                st.tokens += batch.tokens
             grad_norm = _clip(policy, cfg.max_grad_norm)
-            s.optimizer.step()
+            if _finite(torch.stack(losses).sum(), grad_norm, st, cfg.max_bad_steps):
+                s.optimizer.step()
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
-            step += 1
+            st.step += 1
+            st.step_in_epoch += 1
             window["grad_norm"] += grad_norm
             window["steps"] += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == s.total_steps:
-                row = _log_row(window, step, epoch, s.scheduler.get_last_lr()[0])
-                row["tokens_per_s"] = tokens / (time.perf_counter() - t_start)
+            if st.step % cfg.log_every == 0 or st.step == s.total_steps:
+                row = _log_row(window, st, s.scheduler.get_last_lr()[0])
+                row["tokens_per_s"] = (st.tokens - tokens_at_start) / (time.perf_counter() - t_start)
                 s.run.log_metrics(row)
+                st.metrics_lines += 1
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
                 window.clear()
-            if s.eval_rows and cfg.eval_every and step % cfg.eval_every == 0:
-                s.run.log_metrics({"step": step, **evaluate_pairs(s)})
-        epoch += 1
+            if s.eval_rows and cfg.eval_every and st.step % cfg.eval_every == 0:
+                s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
+                st.metrics_lines += 1
+            if (cfg.save_every and st.step % cfg.save_every == 0) or stop.requested:
+                _checkpoint(s)
+            if stop.requested:
+                bar.close()
+                log.warning(
+                    "stopped by %s at step %d; checkpoint written. Resume with the same "
+                    "command plus resume=true", stop.requested, st.step,
+                )
+                return False
+        st.epoch += 1
+        st.step_in_epoch = 0
     bar.close()
     if s.eval_rows:
-        final = {"step": step, **evaluate_pairs(s)}
+        final = {"step": st.step, **evaluate_pairs(s)}
         s.run.log_metrics(final)
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
+    return True
 
 
 def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
@@ -175,11 +203,59 @@ def _accumulate(window: dict[str, float], stats: dict[str, Tensor], rows: int) -
     window["rows"] += rows
 
 
-def _log_row(window: dict[str, float], step: int, epoch: int, lr: float) -> dict[str, Any]:
+def _log_row(window: dict[str, float], st: LoopState, lr: float) -> dict[str, Any]:
     rows, steps = window.pop("rows"), window.pop("steps")
-    row: dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr}
+    row: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lr}
     row.update({k: v / (steps if k == "grad_norm" else rows) for k, v in window.items()})
+    row["skipped_steps"] = st.skipped_steps
     return row
+
+
+def _finite(loss: Tensor, grad_norm: float, st: LoopState, max_bad: int) -> bool:
+    """Numeric guard: a non-finite loss or gradient skips the step; too many in a row abort."""
+    if math.isfinite(float(loss)) and math.isfinite(grad_norm):
+        st.bad_steps = 0
+        return True
+    st.bad_steps += 1
+    st.skipped_steps += 1
+    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
+                st.step + 1, st.bad_steps)
+    if st.bad_steps >= max_bad:
+        raise TrainingError(
+            f"step {st.step + 1}: loss or gradient non-finite for {st.bad_steps} steps in a row "
+            "(max_bad_steps); lower lr, check the data, or use dtype=float32"
+        )
+    return False
+
+
+def _checkpoint(s: Setup) -> None:
+    path = save_checkpoint(s.run.path, s.policy, s.optimizer, s.scheduler, s.state,
+                           s.fingerprint, s.cfg.keep_checkpoints)
+    log.info("checkpoint %s", path)
+
+
+class StopOnSignal:
+    """SIGTERM/SIGINT ask the loop to finish its step, checkpoint and return; a second
+    SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
@@ -238,8 +314,43 @@ def _setup(cfg: TrainConfig) -> Setup:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
     )
+    fingerprint = _fingerprint(cfg, train_rows)
+    state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
     return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
-                 optimizer, scheduler, total)
+                 optimizer, scheduler, total, fingerprint, state)
+
+
+# Keys that may change between a run and its resumption; every other key must match.
+_RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
+                   "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
+                   "eval_data"}
+
+
+def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair]) -> dict[str, Any]:
+    fp = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_KEYS}
+    fp["train_rows_sha256"] = data_fingerprint(rows)
+    return json.loads(json.dumps(fp))  # as it reads back from JSON
+
+
+def _resume(
+    cfg: TrainConfig, run: RunDir, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict[str, Any],
+) -> LoopState:
+    """Continue from the newest complete checkpoint when asked; else start fresh."""
+    path = latest_checkpoint(run.path) if cfg.resume else None
+    if path is None:
+        if cfg.resume is True:
+            raise CheckpointError(
+                f"{run.path}/checkpoints: no complete checkpoint to resume; use resume=auto "
+                "to start fresh when there is none"
+            )
+        if run.metrics_path.exists():
+            run.metrics_path.unlink()  # a fresh run in an old directory starts a new log
+        return LoopState()
+    state = load_checkpoint(path, policy, optimizer, scheduler, fingerprint)
+    run.truncate_metrics(state.metrics_lines)  # steps after the checkpoint are logged again
+    log.info("resumed from %s (step %d)", path, state.step)
+    return state
 
 
 def _lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
