@@ -112,9 +112,24 @@ class TrainConfig:
     cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached")
     progress: bool = opt(True, "show progress bars")
 
+    # --- reliability
+    save_every: int = opt(0, "write a resumable checkpoint every N optimizer steps (0: never)")
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    resume: bool | Literal["auto"] = opt(
+        False, "true: continue from the newest checkpoint; auto: if there is one"
+    )
+    max_bad_steps: int = opt(
+        5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
+    )
+
     def problems(self) -> list[str]:
         """Value checks that types alone cannot express."""
         out = []
+        if self.save_every < 0 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
+            out.append(
+                "save_every must be >= 0, keep_checkpoints and max_bad_steps >= 1, got "
+                f"{self.save_every}, {self.keep_checkpoints}, {self.max_bad_steps}"
+            )
         if not self.model:
             out.append("model: required (a local directory or hub id)")
         if not self.data:

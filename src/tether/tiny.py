@@ -111,6 +111,7 @@ def tiny_gpt2(
     """A random-initialised GPT-2 (learned positions, LayerNorm, tied embeddings)."""
     torch.manual_seed(seed)
     config = GPT2Config(
-        n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, **_ids(tokenizer)
+        n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **_ids(tokenizer),
     )
     return GPT2LMHeadModel(config)
