@@ -18,7 +18,7 @@ from tether.losses import (
     dpo,
     kto,
     loss_config,
-    loss_metrics,
+    loss_stats,
     pairwise_loss,
     plackett_luce,
     ranked_loss,
@@ -139,12 +139,20 @@ def test_reduce_losses_weighted_mean():
     torch.testing.assert_close(reduce_losses(T([1.0, 4.0])), T(2.5))
 
 
-def test_metrics_follow_the_objective():
-    pair = loss_metrics(dpo(*FOUR, beta=0.1), LOSS_SPECS["dpo"])
+def test_stats_follow_the_objective():
+    pair = loss_stats(dpo(*FOUR, beta=0.1), LOSS_SPECS["dpo"])
     # rewards 0.1 and -0.2 -> accuracy 1, margin 0.3
-    assert pair["rewards/accuracies"] == 1.0 and abs(pair["rewards/margins"] - 0.3) < 1e-6
-    out = kto(T([-3.0, -6.0]), T([-5.0, -5.0]), T([-4.0]), T([-7.0]), T([True, False]), beta=0.1)
-    unpaired = loss_metrics(out, LOSS_SPECS["kto"])
-    assert "rewards/accuracies" not in unpaired and unpaired["kl"] == pytest.approx(3.0)
-    assert unpaired["rewards/chosen"] == pytest.approx(0.2)
-    assert loss_metrics(sft(T([-6.0]), T([3])), LOSS_SPECS["sft"]) == {}
+    torch.testing.assert_close(pair["rewards/accuracies"], T([1.0]))
+    torch.testing.assert_close(pair["rewards/margins"], T([0.3]))
+    labels = T([True, False, True])
+    out = kto(T([-3.0, -6.0, -4.0]), T([-5.0, -5.0, -5.0]), T([-4.0]), T([-7.0]), labels,
+              beta=0.1)
+    unpaired = loss_stats(out, LOSS_SPECS["kto"], labels)
+    assert "rewards/accuracies" not in unpaired
+    # desirable rows 0 and 2: 0.1*2, 0.1*1 ; undesirable row 1: 0.1*-1 ; NaN elsewhere
+    torch.testing.assert_close(unpaired["rewards/chosen"], T([0.2, math.nan, 0.1]),
+                               equal_nan=True)
+    torch.testing.assert_close(unpaired["rewards/rejected"], T([math.nan, -0.1, math.nan]),
+                               equal_nan=True)
+    torch.testing.assert_close(unpaired["kl"], T([3.0, 3.0, 3.0]))  # z0 on every row
+    assert set(loss_stats(sft(T([-6.0]), T([3])), LOSS_SPECS["sft"])) == {"loss"}

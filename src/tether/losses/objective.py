@@ -5,7 +5,7 @@ training config carries the same fields and ``loss_config(cfg)`` picks them out.
 calls ``pairwise_loss``, ``unpaired_loss`` or ``ranked_loss`` with log-probs *summed* over
 completion tokens plus the token counts; these apply what is common to every objective (β's
 per-objective default, ``length_normalize``, the NLL term) so the loss functions stay pure
-formulas. ``loss_metrics`` turns a ``LossOutput`` into the numbers worth logging.
+formulas. ``loss_stats`` turns a ``LossOutput`` into the per-row numbers worth logging.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = [
     "LossConfig",
     "add_nll",
     "loss_config",
-    "loss_metrics",
+    "loss_stats",
     "pairwise_loss",
     "ranked_loss",
     "reduce_losses",
@@ -121,9 +121,16 @@ def _range_problems(cfg: LossConfig) -> list[str]:
 
 
 def loss_config(cfg: Any) -> LossConfig:
-    """The ``LossConfig`` inside a larger config (any object with the same attribute names)."""
+    """The ``LossConfig`` inside a larger config (any object with the same attribute names).
+
+    Keys the larger config lacks take their defaults; an older config's ``average_logps``
+    stands in for ``length_normalize``.
+    """
     names = [f.name for f in dataclasses.fields(LossConfig)]
-    return LossConfig(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+    values = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+    if "length_normalize" not in values and hasattr(cfg, "average_logps"):
+        values["length_normalize"] = cfg.average_logps
+    return LossConfig(**values)
 
 
 def add_nll(out: LossOutput, policy_chosen_logps: Tensor, chosen_lengths: Tensor,
@@ -235,21 +242,31 @@ def reduce_losses(losses: Tensor, weights: Tensor | None = None) -> Tensor:
     return (weights * losses).sum() / weights.sum().clamp(min=torch.finfo(losses.dtype).tiny)
 
 
-def loss_metrics(out: LossOutput, spec: LossSpec) -> dict[str, float]:
-    """What a ``LossOutput`` says worth logging, as far as the objective defines it.
+def loss_stats(
+    out: LossOutput, spec: LossSpec, labels: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Per-row statistics worth logging, as far as the objective defines them, ``(B,)`` each.
 
-    ``rewards/chosen`` and ``rewards/rejected`` where the objective has rewards (not SFT);
-    ``rewards/accuracies`` and ``rewards/margins`` only where rewards come in pairs (pairwise
-    and ranked objectives; KTO's rows are unpaired); then the objective's own ``metrics``.
+    The loop averages each over the rows where it is not NaN. ``rewards/chosen`` and
+    ``rewards/rejected`` where the objective has rewards (for KTO, given ``labels``: desirable
+    and undesirable rows, NaN on the others); ``rewards/accuracies`` and ``rewards/margins``
+    only where rewards come in pairs (pairwise objectives; ranked ones, best vs worst); then
+    the objective's own ``metrics``, one value per batch repeated on its rows.
     """
-    logged: dict[str, float] = {}
-    if spec.data != "completions":
-        for name, r in (("chosen", out.chosen_rewards), ("rejected", out.rejected_rewards)):
-            if r.numel():
-                logged[f"rewards/{name}"] = r.float().mean().item()
+    losses = out.losses.detach()
+    stats = {"loss": losses}
     if spec.data in ("pairs", "ranked"):
-        margin = (out.chosen_rewards - out.rejected_rewards).float()
-        logged["rewards/accuracies"] = (margin > 0).float().mean().item()
-        logged["rewards/margins"] = margin.mean().item()
-    logged.update({k: v.float().item() for k, v in out.metrics.items()})
-    return logged
+        c, r = out.chosen_rewards, out.rejected_rewards
+        stats["rewards/chosen"], stats["rewards/rejected"] = c, r
+        stats["rewards/accuracies"] = (c > r).to(losses.dtype)
+        stats["rewards/margins"] = c - r
+    elif spec.data == "unpaired" and labels is not None:
+        desirable = labels.to(torch.bool)
+        for name, rows, values in (("chosen", desirable, out.chosen_rewards),
+                                   ("rejected", ~desirable, out.rejected_rewards)):
+            full = torch.full_like(losses, float("nan"))
+            full[rows] = values.to(full.dtype)
+            stats[f"rewards/{name}"] = full
+    for key, value in out.metrics.items():
+        stats[key] = value.detach().to(losses.dtype).expand_as(losses)
+    return stats
