@@ -169,6 +169,16 @@ def test_ranked_file_with_a_pairwise_loss_expands_into_weighted_pairs(tmp_path: 
                        tokenizer) is None  # plain pairs stay with tether.data
 
 
+def test_pairs_file_with_a_ranked_loss_reads_rankings_of_two(tmp_path: Path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", make_pairs(3))
+    shaped = load_shaped(Cfg("rrhf"), str(path), tokenizer)
+    assert shaped is not None
+    rows, _, report, _ = shaped
+    assert [r.scores for r in rows] == [(1.0, 0.0)] * 3  # type: ignore[attr-defined]
+    assert rows[0].responses[0] == rows[0].chosen  # type: ignore[attr-defined]
+    assert "rankings of two" in report.notes[0]
+
+
 def test_collate_lays_out_k_completions_and_pads_short_rows(tmp_path: Path, tokenizer):
     path = write_jsonl(tmp_path / "r.jsonl", RANKED)
     rows = load_shaped(Cfg("rrhf"), str(path), tokenizer)[0]  # type: ignore[index]

@@ -4,8 +4,8 @@
   each pair split into one desirable and one undesirable row.
 - ranked: ``{prompt, responses: [...], scores: [...]}`` (higher = better) or ``ranking: [...]``
   (each response's rank, 1 = best). With a ranked objective (``plackett_luce``, ``rrhf``) the
-  rows are trained whole; with a pairwise objective they are expanded into pairs
-  (``rank_pairs``, ``rank_weight_by_gap``).
+  rows are trained whole (a file of pairs is read as rankings of two); with a pairwise
+  objective they are expanded into pairs (``rank_pairs``, ``rank_weight_by_gap``).
 
 All of them become ``TokenizedPair`` subclasses, so batching, the reference strategies and the
 loop's bookkeeping serve them unchanged:
@@ -314,8 +314,13 @@ def load_shaped(
     records: Sequence[UnpairedRecord | RankedRecord]
     if shape == "unpaired":
         records, report = load_unpaired(path, data_format=cfg.data_format, **kwargs)
-    elif shape == "ranked" or (shape == "pairs" and looks_ranked(path, cfg.field_map, cfg.split)):
+    elif shape in ("ranked", "pairs") and looks_ranked(path, cfg.field_map, cfg.split):
         records, report = load_ranked(path, **kwargs)
+    elif shape == "ranked":  # a pair is a ranking of two responses
+        pairs, report = load_preferences(path, data_format=cfg.data_format, **kwargs)
+        records = [RankedRecord(p.prompt, [p.chosen, p.rejected], [1.0, 0.0], p.source)
+                   for p in pairs]
+        report.notes.append("pairs read as rankings of two responses")
     else:
         return None
     chat = use_chat(tokenizer, cfg.chat_template, isinstance(records[0].prompt, list))
