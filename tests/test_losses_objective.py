@@ -53,6 +53,20 @@ def test_length_normalize_averages_before_a_summed_loss():
     torch.testing.assert_close(summed.losses, T([4.0]))
 
 
+def test_length_normalize_leaves_token_mean_objectives_alone():
+    # simpo averages per token by definition; a run-wide length_normalize (e.g. the old
+    # average_logps key) must not average twice
+    plain = pairwise_loss(LossConfig(loss="simpo"), FOUR[0], FOUR[1], None, None, **LENGTHS)
+
+    class Old:
+        loss, average_logps = "simpo", True
+
+    cfg = loss_config(Old())
+    assert cfg.length_normalize
+    twice = pairwise_loss(cfg, FOUR[0], FOUR[1], None, None, **LENGTHS)
+    torch.testing.assert_close(twice.losses, plain.losses)
+
+
 def test_nll_weight_adds_the_token_mean_nll_of_chosen():
     # dpo(h = 3) + 0.5 * (-(-1)/2) = dpo + 0.25
     cfg = LossConfig(loss="dpo", nll_weight=0.5)
@@ -108,6 +122,7 @@ def test_unpaired_and_ranked_entry_points_match_the_functions():
         ({"loss": "orpo", "nll_weight": 0.1}, "nll_weight: applies to pairwise"),
         ({"loss": "kto", "nll_weight": 0.1}, "nll_weight: applies to pairwise"),
         ({"loss": "simpo", "length_normalize": True}, "length_normalize: loss=simpo"),
+        ({"loss": "rrhf", "rank_pairs": "best_vs_worst"}, "rank_pairs: loss=rrhf does not"),
         ({"loss": "dpo", "beta": 0.0}, "beta: must be > 0"),
         ({"loss": "robust", "label_smoothing": 0.5}, "label_smoothing: must be in [0, 0.5)"),
         ({"loss": "kto", "kto_desirable_weight": 0}, "kto_desirable_weight: must be > 0"),

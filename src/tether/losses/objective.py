@@ -99,6 +99,10 @@ class LossConfig:
         if self.nll_weight > 0 and (spec.data != "pairs" or spec.includes_nll):
             out.append(f"nll_weight: applies to pairwise objectives without their own NLL "
                        f"term; loss={self.loss} has one or is not pairwise; set it to 0")
+        rank_set = (self.rank_pairs, self.rank_weight_by_gap) != ("all", False)
+        if rank_set and spec.data != "pairs":
+            out.append(f"rank_pairs: loss={self.loss} does not train on pairs; rank_pairs and "
+                       f"rank_weight_by_gap apply to pairwise objectives on ranked data")
         if self.length_normalize and spec.token_mean:
             out.append(f"length_normalize: loss={self.loss} always averages log-probs per "
                        f"token; remove the key")
