@@ -107,3 +107,11 @@ def convert(cfg: PairsConfig) -> dict[str, int]:
              "duplicates_dropped": duplicates, "written": n}
     log.info("pairs: %s -> %s: %s", cfg.data, cfg.output, stats)
     return stats
+
+
+def run(cfg: PairsConfig) -> dict[str, int]:
+    """Dispatch on ``cfg.mode``."""
+    return MODES[cfg.mode](cfg)
+
+
+MODES = {"convert": convert}
