@@ -54,15 +54,10 @@ def test_length_normalize_averages_before_a_summed_loss():
 
 
 def test_length_normalize_leaves_token_mean_objectives_alone():
-    # simpo averages per token by definition; a run-wide length_normalize (e.g. the old
-    # average_logps key) must not average twice
+    # simpo averages per token by definition; length_normalize must not average twice
     plain = pairwise_loss(LossConfig(loss="simpo"), FOUR[0], FOUR[1], None, None, **LENGTHS)
 
-    class Old:
-        loss, average_logps = "simpo", True
-
-    cfg = loss_config(Old())
-    assert cfg.length_normalize
+    cfg = LossConfig(loss="simpo", length_normalize=True)
     twice = pairwise_loss(cfg, FOUR[0], FOUR[1], None, None, **LENGTHS)
     torch.testing.assert_close(twice.losses, plain.losses)
 

@@ -49,7 +49,7 @@ def _ranked(n: int, key: str) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("loss", "over"),
-    [("simpo", {"beta": 2.0}), ("orpo", {}), ("ipo", {"average_logps": True})],
+    [("simpo", {"beta": 2.0}), ("orpo", {}), ("ipo", {"length_normalize": True})],
 )
 def test_pairwise_objectives_raise_the_margin(tmp_path: Path, llama_dir: Path, loss: str,
                                               over: dict):

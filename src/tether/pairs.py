@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tether.config import opt
 from tether.data import load_preferences
 from tether.errors import DataError
+from tether.fields import opt
 
 __all__ = ["PairsConfig", "convert", "dedupe", "write_jsonl"]
 

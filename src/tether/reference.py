@@ -9,12 +9,13 @@
 - ``lora`` (PEFT adapters disabled) plugs in here with the same ``__call__``.
 
 Every strategy returns per-sequence *sums* and the loop applies per-token averaging, so the
-cache does not depend on ``average_logps``.
+cache does not depend on ``length_normalize``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,9 +55,11 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
+    """SHA-256 over every field of every row but its source (labels, weights, all responses)."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r.prompt, r.chosen, r.rejected]).encode())
+        fields = {k: v for k, v in dataclasses.asdict(r).items() if k != "source"}
+        h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()
 
 

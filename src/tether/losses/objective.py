@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from tether.config import opt
+from tether.fields import opt
 from tether.losses.base import LOSS_SPECS, LOSSES, LossOutput, LossSpec, call_loss, token_mean
 
 __all__ = [
@@ -127,14 +127,10 @@ def _range_problems(cfg: LossConfig) -> list[str]:
 def loss_config(cfg: Any) -> LossConfig:
     """The ``LossConfig`` inside a larger config (any object with the same attribute names).
 
-    Keys the larger config lacks take their defaults; an older config's ``average_logps``
-    stands in for ``length_normalize``.
+    Keys the larger config lacks take their defaults.
     """
     names = [f.name for f in dataclasses.fields(LossConfig)]
-    values = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
-    if "length_normalize" not in values and hasattr(cfg, "average_logps"):
-        values["length_normalize"] = cfg.average_logps
-    return LossConfig(**values)
+    return LossConfig(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
 
 
 def add_nll(out: LossOutput, policy_chosen_logps: Tensor, chosen_lengths: Tensor,
