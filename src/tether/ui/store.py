@@ -1,12 +1,12 @@
-"""Everything `tether label` keeps, in one SQLite file (WAL, synchronous=FULL).
+"""Everything `tether label` keeps, in one SQLite file (WAL mode; votes fsynced on commit).
 
 Tables: ``items`` (prompt and two answers, JSON), ``judge_verdicts`` (automatic verdicts on
 items), ``annotators``, ``sessions`` (hashed ids, each with its CSRF token), ``assignments`` (which
 annotator saw which item, and whether the sides were swapped) and ``votes``.
 
 Every write is its own ``BEGIN IMMEDIATE`` transaction, committed before the caller answers the
-HTTP request, so a vote that was acknowledged survives ``kill -9``. Each operation opens its own
-connection: the web app serves requests from a thread pool, and SQLite connections are cheap.
+HTTP request; votes are fsynced (synchronous=FULL), so a vote that was acknowledged survives
+``kill -9`` and a power cut. Each thread of the web app's pool has its own connection.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -220,6 +221,7 @@ class LabelStore:
     ) -> None:
         self.path = Path(path)
         self.claim_ttl = claim_ttl
+        self._local = threading.local()
         if overlap is not None and not 0.0 <= overlap <= 1.0:
             raise ConfigError(f"--overlap {overlap}: expected a fraction between 0 and 1")
         if not self.path.parent.is_dir():
@@ -254,29 +256,38 @@ class LabelStore:
                 db.execute("INSERT INTO meta VALUES (?, ?)", (name, stored[name]))
         return stored
 
-    @contextmanager
-    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            # FULL: the commit is fsynced before we answer, not only handed to the OS.
-            conn.execute("PRAGMA synchronous=FULL")
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread, kept open: the web app answers from a thread pool, and
+        # closing the last connection to a WAL database checkpoints it (an fsync each time).
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=True)
+            conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _db(self, write: bool = False, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction. ``durable``: fsync the commit (votes, imports), so it survives a
+        power cut too; otherwise WAL with synchronous=NORMAL, which survives a killed process
+        (claims and sessions, which are cheap to redo, skip one fsync per request)."""
+        conn = self._connection()
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # --- items -------------------------------------------------------------------------------
 
     def add_items(self, items: Sequence[PairItem]) -> ImportReport:
         """Store new comparisons (duplicates of stored ones only add their verdicts)."""
-        with self._db(write=True) as db:
+        with self._db(write=True, durable=True) as db:
             known: dict[str, Any] = {
                 r["key"]: r for r in db.execute("SELECT id, key, answer_1 FROM items")
             }
@@ -302,7 +313,7 @@ class LabelStore:
     def add_verdicts(self, items: Sequence[PairItem]) -> tuple[int, int]:
         """Store the automatic verdicts of comparisons already stored; others are not added.
         Returns (verdicts stored, rows whose comparison is not in the database)."""
-        with self._db(write=True) as db:
+        with self._db(write=True, durable=True) as db:
             known = {r["key"]: r for r in db.execute("SELECT id, key, answer_1 FROM items")}
             matched = [it for it in items if it.key in known]
             return _put_verdicts(db, matched, known), len(items) - len(matched)
@@ -420,7 +431,7 @@ class LabelStore:
         reason = reason.strip()
         if len(reason) > REASON_MAX:
             raise VoteRejected(400, f"reason is longer than {REASON_MAX} characters")
-        with self._db(write=True) as db:
+        with self._db(write=True, durable=True) as db:
             shown = db.execute(
                 "SELECT swapped FROM assignments WHERE item_id = ? AND annotator_id = ?",
                 (item_id, who.annotator_id),
