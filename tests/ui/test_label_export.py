@@ -20,10 +20,9 @@ def vote_answers(store: LabelStore, name: str, wanted: dict[str, str]) -> None:
     _, who = store.login(name)
     while (shown := store.current(who)) is not None:
         want = wanted[shown.item.prompt]
-        if want in ("1", "2"):
+        choice = want
+        if want in ("1", "2"):  # answer 1 is on side A unless the sides were swapped
             choice = "A" if (want == "1") != shown.swapped else "B"
-        else:
-            choice = want
         store.vote(who, shown.item.id, choice, f"{name} on {shown.item.prompt}")
 
 
