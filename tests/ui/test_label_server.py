@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tether.errors import ConfigError
 from tether.ui.cli import main
+from tether.ui.inputs import PairItem
+from tether.ui.security import LOOPBACK
+from tether.ui.server import allowed_hosts_for, serve
 from tether.ui.store import LabelStore
 
 from .helpers import api_login, collect_rows, write_jsonl
@@ -63,7 +68,7 @@ def test_twenty_concurrent_annotators_500_votes(tmp_path: Path, live_server) -> 
         try:
             with httpx.Client(base_url=server.url, timeout=60) as client:
                 csrf = api_login(client, name)
-                start.wait()
+                start.wait(timeout=120)
                 while len(mine) < 25:
                     item = client.get("/api/item").json()["item"]
                     body = {"item_id": item["item_id"], "choice": rng.choice("AB") if k % 4
@@ -75,6 +80,7 @@ def test_twenty_concurrent_annotators_500_votes(tmp_path: Path, live_server) -> 
                     mine.append((body["item_id"], body["choice"]))
         except Exception as err:  # reported below; a thread's exception is otherwise lost
             errors.append(f"{name}: {err!r}")
+            start.abort()  # release the others instead of leaving them at the barrier
         acked[name] = mine
 
     threads = [threading.Thread(target=annotator, args=(k,)) for k in range(20)]
@@ -160,3 +166,21 @@ def test_cli_export_and_summary(
     assert data["judge_agreement"]["rule:exact"]["agreement"] == 1.0
     chosen = [json.loads(line)["chosen"] for line in out.read_text().splitlines()]
     assert sorted(chosen) == ["pol0", "pol1", "pol2", "pol3"]
+
+
+def test_bind_policy_and_a_taken_port(tmp_path: Path) -> None:
+    assert allowed_hosts_for("127.0.0.1", None) == LOOPBACK
+    assert allowed_hosts_for("localhost", None) == LOOPBACK
+    assert allowed_hosts_for("0.0.0.0", "x" * 16) is None  # any Host name; the token guards
+    with pytest.raises(ConfigError, match="reachable from other machines"):
+        allowed_hosts_for("192.168.1.20", None)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        store = LabelStore(tmp_path / "l.db")
+        store.add_items([PairItem("p", "a", "b", "x", "y", "f:1")])
+        with pytest.raises(ConfigError, match="cannot listen"):
+            serve(store, port=taken.getsockname()[1], say=lambda line: None)
+    finally:
+        taken.close()

@@ -44,7 +44,11 @@ class HumanJudge:
         wait_s: float = 0.0,
         poll_s: float = 1.0,
     ) -> None:
-        self.store = db if isinstance(db, LabelStore) else LabelStore(db)
+        if isinstance(db, LabelStore):
+            self.store = db
+        else:
+            # a new database is a win-rate one (the page says so); an existing one keeps its mode
+            self.store = LabelStore(db, mode=None if Path(db).exists() else "winrate")
         self.identity = identity
         self.wait_s = wait_s
         self.poll_s = poll_s
