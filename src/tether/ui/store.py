@@ -278,10 +278,12 @@ class LabelStore:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # also after a failed COMMIT (disk full): this thread's connection is reused
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     # --- items -------------------------------------------------------------------------------
 
