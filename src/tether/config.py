@@ -35,7 +35,7 @@ C = TypeVar("C")
 def opt(default: Any, help: str) -> Any:
     """A config field with a default and a one-line description (shown by ``--help``)."""
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -46,7 +46,7 @@ class TrainConfig:
     # --- what to train, on what, where to write it
     model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
     tokenizer: str | None = opt(None, "tokenizer path or hub id (default: the model's)")
-    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv file, saved dataset dir or hub id")
+    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv, a saved dataset or a hub id")
     eval_data: str | None = opt(None, "held-out data in any format `data` accepts")
     output_dir: str = opt("runs/train", "run directory (config.yaml, metrics.jsonl, model/ ...)")
     data_format: Literal["auto", "standard", "conversational", "implicit"] = opt(
@@ -112,9 +112,24 @@ class TrainConfig:
     cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached")
     progress: bool = opt(True, "show progress bars")
 
+    # --- reliability
+    save_every: int = opt(0, "write a resumable checkpoint every N optimizer steps (0: never)")
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    resume: bool | Literal["auto"] = opt(
+        False, "true: continue from the newest checkpoint; auto: if there is one"
+    )
+    max_bad_steps: int = opt(
+        5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
+    )
+
     def problems(self) -> list[str]:
         """Value checks that types alone cannot express."""
         out = []
+        if self.save_every < 0 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
+            out.append(
+                "save_every must be >= 0, keep_checkpoints and max_bad_steps >= 1, got "
+                f"{self.save_every}, {self.keep_checkpoints}, {self.max_bad_steps}"
+            )
         if not self.model:
             out.append("model: required (a local directory or hub id)")
         if not self.data:
@@ -269,7 +284,8 @@ def load_config(
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            problem = getattr(e, "problem", e)
+            raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -327,7 +343,9 @@ def config_help(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = (
+            f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        )
         lines.append(
             f"  {f.name:<20} {_type_name(hints[f.name]):<28} default {default!r}: "
             f"{f.metadata.get('help', '')}"
