@@ -159,3 +159,45 @@ def test_cli_module_parses_config_file_and_overrides(setup, tmp_path, capsys):
     saved = yaml.safe_load((tmp_path / "cli" / "eval" / "config.yaml").read_text())
     assert saved["max_new_tokens"] == 4 and saved["judge_rule"] == "tether.eval.rules:shorter"
     assert "win-rate" in capsys.readouterr().out
+
+
+def test_llm_judge_through_evaluate_sees_both_orders(setup, tmp_path, monkeypatch, capsys):
+    from eval_chat_server import ChatServer, Reply, completion
+
+    run, _, data = setup
+    secret = "sk-never-in-outputs-42"
+    monkeypatch.setenv("TETHER_EVAL_TEST_KEY", secret)
+    with ChatServer(lambda body, n: Reply(body=completion("A"))) as server:  # position-biased
+        results = evaluate(_cfg(
+            model=str(run), data=str(data), judge="openai", judge_url=server.url,
+            judge_model="judge", judge_api_key_env="TETHER_EVAL_TEST_KEY", judge_backoff=0.001,
+            judge_usd_per_million_tokens=1.0, implicit_reward="off",
+            output_dir=str(tmp_path / "o"), cache_dir=str(tmp_path / "c"),
+        ))
+    printed = capsys.readouterr().out
+    distinct = results["pairs"] - sum(
+        1 for x in (tmp_path / "o" / "eval" / "judgments.jsonl").read_text().splitlines()
+        if json.loads(x)["source"] == "identical")
+    assert server.calls == 2 * distinct > 0  # every distinct pair in both orders
+    assert results["ties"] == 6 and results["win_rate"] == 0.5  # "A" twice = disagreement
+    assert results["order_flip_rate"] == 1.0 and results["first_position_rate"] == 1.0
+    assert results["template_hash"] and results["judge"].startswith("openai:judge@")
+    assert f"{2 * distinct} to ask; about" in printed and "$" in printed  # the estimate
+    for path in (tmp_path / "o" / "eval").rglob("*"):
+        if path.is_file() and path.suffix != ".png":
+            assert secret not in path.read_text()
+    assert secret not in printed
+
+
+def test_tether_cli_maps_eval_errors_to_exit_2(setup, monkeypatch, capsys, tmp_path):
+    from tether import cli
+
+    # The lead registers the subcommand in tether.cli.COMMANDS; the test does it here.
+    monkeypatch.setitem(cli.COMMANDS, "eval", ("tether.eval.cli", "win-rate vs the reference"))
+    run, _, data = setup
+    assert cli.main(["eval", f"model={run}", f"data={data}", "judge=rule"]) == 2
+    err = capsys.readouterr().err
+    assert "judge_rule: required" in err and err.count("\n") == 1
+    code = cli.main(["eval", f"model={run}", f"data={data}", "judge=rule",
+                     "judge_rule=tether.eval.rules:nope", f"cache_dir={tmp_path}"])
+    assert code == 2 and "no attribute 'nope'" in capsys.readouterr().err

@@ -118,3 +118,16 @@ def test_reward_model_with_two_labels_is_rejected(tmp_path):
         RewardModelJudge(path)
     with pytest.raises(JudgeError, match="cannot load"):
         RewardModelJudge(str(tmp_path / "missing"))
+
+
+def test_registry_builds_a_reward_model_judge(tmp_path):
+    from tether.config import build_config
+    from tether.eval.config import EvalConfig
+    from tether.eval.judges.registry import build_judge
+
+    _, _, path = _reward_model(tmp_path)
+    cfg = build_config(EvalConfig, {"model": "m", "data": "d", "judge": "reward_model",
+                                    "judge_model": path, "device": "cpu"})
+    judge = build_judge(cfg, tmp_path)
+    assert isinstance(judge, RewardModelJudge) and judge.identity == f"reward_model:{path}"
+    assert judge("q", "a", "b").p_a == pytest.approx(1 - judge("q", "b", "a").p_a, abs=1e-6)

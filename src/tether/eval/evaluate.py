@@ -205,9 +205,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if records:
         pair_rows, _ = tokenize_records(tokenizer, records, chat=chat, max_length=cfg.max_length)
     judging = cfg.judge != "none"
-    judge = build_judge(cfg, Path(cfg.cache_dir).expanduser()) if judging else None  # fail early
+    memo = Path(cfg.cache_dir).expanduser()
+    # Build the judge before generating, so a typo fails in a second, except a reward model:
+    # it would sit in memory next to the models being generated from.
+    early = judging and cfg.judge != "reward_model"
+    judge = build_judge(cfg, memo) if early else None
     policy = _run_model(cfg, "policy", paths.model, tokenizer, ids, pair_rows, judging)
     reference = _run_model(cfg, "reference", paths.reference, tokenizer, ids, pair_rows, judging)
+    if judging and judge is None:
+        judge = build_judge(cfg, memo)
 
     results: dict[str, Any] = {"judge": None, "template_hash": None, "n": 0, "pairs": 0}
     warnings: list[str] = []
