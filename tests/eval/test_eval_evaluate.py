@@ -118,7 +118,8 @@ def test_judge_none_gives_implicit_reward_only(setup, tmp_path):
     run, _, data = setup
     results = evaluate(_cfg(model=str(run), data=str(data), judge="none",
                             cache_dir=str(tmp_path / "c"), output_dir=str(tmp_path / "o")))
-    assert results["judge"] is None and results["n"] == 0
+    assert results["judge"] is None and results["n"] == 0 and results["win_rate"] is None
+    assert set(results) >= DOCUMENTED
     assert results["implicit_reward"]["n"] == 6
     assert not (tmp_path / "o" / "eval" / "judgments.jsonl").read_text()
 

@@ -33,7 +33,7 @@ from tether.eval.generate import Decoding, Generation, GenerationCache, generate
 from tether.eval.hashing import weights_hash
 from tether.eval.implicit import implicit_reward_stats, pair_logps
 from tether.eval.judges.registry import build_judge
-from tether.eval.judging import Pair, judge_pairs, prompt_text
+from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
 from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -214,26 +214,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     reference = _run_model(cfg, "reference", paths.reference, tokenizer, ids, pair_rows, judging)
     if judging and judge is None:
         judge = build_judge(cfg, memo)
-
-    results: dict[str, Any] = {"judge": None, "template_hash": None, "n": 0, "pairs": 0}
-    warnings: list[str] = []
-    lines: list[dict[str, Any]] = []
-    judged = []
-    if judge is not None:
-        judged = _judge(cfg, judge, prompts, policy.generations, reference.generations, paths.out)
-        results = win_rate_results(
-            judged, policy.generations, reference.generations,
-            bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
-            length_warning_ratio=cfg.length_warning_ratio,
-        )
-        results["judge"] = judge.identity
-        results["template_hash"] = str(getattr(judge, "template_hash", "")) or None
-        lines = judgment_lines(judged, policy.generations, judge.identity,
-                               results["template_hash"] or "")
-        warnings += _warnings(results)
-        close = getattr(judge, "close", None)
-        if callable(close):
-            close()
+    results, lines, judged = _win_rate(cfg, judge, prompts, policy, reference)
     beta = cfg.beta or float(paths.run_config.get("beta") or 0.1)
     implicit = None
     if policy.logps is not None and reference.logps is not None:
@@ -248,7 +229,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "bootstrap_samples": cfg.bootstrap_samples,
         "models": {"policy": paths.model, "reference": paths.reference},
         "data": cfg.data,
-        "warnings": warnings,
     })
     results = clean(results)
     _write(paths.out, results, lines, judged, policy.generations, reference.generations)
@@ -258,8 +238,41 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return results
 
 
+# judge=none: the documented keys are still there, empty.
+_NO_JUDGE: dict[str, Any] = {
+    "win_rate": None, "ci95": [None, None], "wilson95": [None, None], "wins": 0, "ties": 0,
+    "losses": 0, "unparsed": 0, "n": 0, "pairs": 0, "lc_win_rate": None, "lc_ci95": [None, None],
+    "order_flip_rate": None, "lengths": None, "judge": None, "template_hash": None,
+}
+
+
+def _win_rate(
+    cfg: EvalConfig, judge: Any, prompts: Sequence[PromptRecord], policy: _Side, reference: _Side
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[PairJudgment]]:
+    """(results, judgments.jsonl lines, judged pairs); all empty for judge=none."""
+    if judge is None:
+        return {**_NO_JUDGE, "warnings": []}, [], []
+    try:
+        judged = _judge(cfg, judge, prompts, policy.generations, reference.generations)
+    finally:
+        close = getattr(judge, "close", None)
+        if callable(close):
+            close()
+    results = win_rate_results(
+        judged, policy.generations, reference.generations,
+        bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
+        length_warning_ratio=cfg.length_warning_ratio,
+    )
+    template_hash = str(getattr(judge, "template_hash", ""))
+    results["judge"] = judge.identity
+    results["template_hash"] = template_hash or None
+    results["warnings"] = _warnings(results)
+    lines = judgment_lines(judged, policy.generations, judge.identity, template_hash)
+    return results, lines, judged
+
+
 def _judge(cfg: EvalConfig, judge: Any, prompts: Sequence[PromptRecord],
-           policy: Sequence[Generation], reference: Sequence[Generation], out: Path) -> list:
+           policy: Sequence[Generation], reference: Sequence[Generation]) -> list[PairJudgment]:
     if len(policy) != len(reference):  # both lists are prompt-major, sample-minor
         raise AssertionError("policy and reference answer counts differ")
     pairs = [
@@ -306,7 +319,8 @@ def _warnings(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def _write(out: Path, results: dict[str, Any], lines: list[dict[str, Any]], judged: list,
+def _write(out: Path, results: dict[str, Any], lines: list[dict[str, Any]],
+           judged: list[PairJudgment],
            policy: Sequence[Generation], reference: Sequence[Generation]) -> None:
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -141,7 +141,8 @@ def write_plots(
     policy: Sequence[Generation],
     reference: Sequence[Generation],
 ) -> list[str]:
-    """Outcome bar with the win-rate interval, length histograms, length effect. Returns names."""
+    """Outcome bar with the win-rate interval, length histograms, length effect. Returns paths
+    relative to the eval directory."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -149,8 +150,22 @@ def write_plots(
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     names = []
+    for name, draw in (
+        ("outcomes", lambda ax: _outcomes(ax, results)),
+        ("lengths", lambda ax: _lengths(ax, policy, reference)),
+        ("length_effect", lambda ax: _length_effect(ax, results, judged, policy, reference)),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        if draw(ax):
+            fig.tight_layout()
+            fig.savefig(plot_dir / f"{name}.png", dpi=110)
+            names.append(f"plots/{name}.png")
+        plt.close(fig)
+    return names
+
+
+def _outcomes(ax: Any, results: dict[str, Any]) -> bool:
     n = max(results["n"], 1)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
     shares = [results["wins"] / n, results["ties"] / n, results["losses"] / n]
     ax.bar(["wins", "ties", "losses"], shares, color=["#2a9d8f", "#b0b0b0", "#e76f51"])
     ci = results["ci95"]
@@ -161,12 +176,10 @@ def write_plots(
     ax.set_ylim(0, 1.18)
     ax.set_ylabel(f"share of {results['n']} pairs")
     ax.set_title("policy vs reference")
-    fig.tight_layout()
-    fig.savefig(plot_dir / "outcomes.png", dpi=110)
-    plt.close(fig)
-    names.append("plots/outcomes.png")
+    return True
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+
+def _lengths(ax: Any, policy: Sequence[Generation], reference: Sequence[Generation]) -> bool:
     lp, lr = [g.tokens for g in policy], [g.tokens for g in reference]
     bins = np.linspace(0, max([*lp, *lr, 1]), 30).tolist()
     ax.hist(lr, bins=bins, alpha=0.6, label="reference")
@@ -174,30 +187,31 @@ def write_plots(
     ax.set_xlabel("answer tokens")
     ax.set_ylabel("answers")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(plot_dir / "lengths.png", dpi=110)
-    plt.close(fig)
-    names.append("plots/lengths.png")
+    return True
 
-    scored = [(p.tokens - r.tokens, j.outcome) for j, p, r in zip(judged, policy, reference,
-                                                                   strict=True)
-              if j.outcome != "unparsed"]
-    if scored and results["lc_win_rate"] is not None and results["lc_slope"] is not None:
-        diff = np.array([d for d, _ in scored], dtype=float)
-        y = np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[o] for _, o in scored])
-        scale = float(diff.std()) or 1.0
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        jitter = np.random.default_rng(0).uniform(-0.03, 0.03, size=y.size)
-        ax.scatter(diff, y + jitter, s=8, alpha=0.5)
-        grid = np.linspace(diff.min() - 1, diff.max() + 1, 100)
-        a = math.log(results["lc_win_rate"] / (1 - results["lc_win_rate"])) if 0 < results[
-            "lc_win_rate"] < 1 else 0.0
-        ax.plot(grid, sigmoid(a + results["lc_slope"] * grid / scale), color="black")
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_xlabel("policy tokens - reference tokens")
-        ax.set_ylabel("policy preferred (tie = 0.5)")
-        fig.tight_layout()
-        fig.savefig(plot_dir / "length_effect.png", dpi=110)
-        plt.close(fig)
-        names.append("plots/length_effect.png")
-    return names
+
+def _length_effect(
+    ax: Any,
+    results: dict[str, Any],
+    judged: Sequence[PairJudgment],
+    policy: Sequence[Generation],
+    reference: Sequence[Generation],
+) -> bool:
+    """Outcome against length difference, with the fitted curve the LC win-rate is read from."""
+    scored = [(p.tokens - r.tokens, j.outcome)
+              for j, p, r in zip(judged, policy, reference, strict=True) if j.outcome != "unparsed"]
+    lc, slope = results["lc_win_rate"], results["lc_slope"]
+    if not scored or lc is None or slope is None:
+        return False
+    diff = np.array([d for d, _ in scored], dtype=float)
+    y = np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[o] for _, o in scored])
+    scale = float(diff.std()) or 1.0  # as in stats.length_controlled_win_rate
+    jitter = np.random.default_rng(0).uniform(-0.03, 0.03, size=y.size)
+    ax.scatter(diff, y + jitter, s=8, alpha=0.5)
+    grid = np.linspace(diff.min() - 1, diff.max() + 1, 100)
+    intercept = math.log(lc / (1 - lc)) if 0 < lc < 1 else 0.0
+    ax.plot(grid, sigmoid(intercept + slope * grid / scale), color="black")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("policy tokens - reference tokens")
+    ax.set_ylabel("policy preferred (tie = 0.5)")
+    return True
