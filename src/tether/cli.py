@@ -21,6 +21,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tether.commands.train", "DPO (or a variant) against a frozen reference"),
     "sft": ("tether.commands.sft", "supervised fine-tuning on prompt/completion rows"),
+    "pairs": ("tether.commands.pairs", "import, sample or rewrite preference pairs (JSONL)"),
 }
 
 

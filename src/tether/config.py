@@ -23,6 +23,7 @@ from tether.errors import ConfigError
 __all__ = [
     "TrainConfig",
     "config_help",
+    "config_markdown",
     "load_config",
     "opt",
     "save_config",
@@ -349,5 +350,20 @@ def config_help(cls: type) -> str:
         lines.append(
             f"  {f.name:<20} {_type_name(hints[f.name]):<28} default {default!r}: "
             f"{f.metadata.get('help', '')}"
+        )
+    return "\n".join(lines)
+
+
+def config_markdown(cls: type) -> str:
+    """The config reference as a Markdown table (the README's copy is checked by a test)."""
+    hints = typing.get_type_hints(cls)
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kind = _type_name(hints[f.name]).replace(" | ", " / ")
+        lines.append(
+            f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |".replace(
+                "\\n", "\\\\n"
+            )
         )
     return "\n".join(lines)

@@ -325,9 +325,11 @@ def _setup(cfg: TrainConfig) -> Setup:
 
 
 # Keys that may change between a run and its resumption; every other key must match.
+# max_steps/epochs may grow to extend a run (the learning-rate schedule then follows the new
+# length, so only an unchanged length reproduces the uninterrupted run bit for bit).
 _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
                    "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
-                   "eval_data"}
+                   "eval_data", "max_steps", "epochs"}
 
 
 def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair]) -> dict[str, Any]:
