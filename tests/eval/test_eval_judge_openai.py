@@ -127,8 +127,11 @@ def test_server_rejecting_logprobs_is_asked_again_without():
         return Reply(body=completion("A"))
 
     with ChatServer(reply) as server:
-        v = _judge(server)("q", "x", "y")
-    assert v.winner == "A" and v.p_a is None and server.calls == 2
+        judge = _judge(server)
+        v = judge("q", "x", "y")
+        assert v.winner == "A" and v.p_a is None and server.calls == 2
+        judge("q", "x", "z")  # remembered: no second rejected request
+        assert server.calls == 3
 
 
 def test_api_key_sent_in_header_and_never_leaked(monkeypatch):

@@ -108,7 +108,11 @@ class OpenAIJudge:
         self.template = template
         self.usd_per_million_tokens = usd_per_million_tokens
         self.template_hash = template.hash
-        self.identity = f"openai:{model}@{self.url}|temperature={temperature}"
+        # What changes the verdicts: model, server, sampling, room to answer (the template is
+        # keyed separately by its hash).
+        self.identity = (
+            f"openai:{model}@{self.url}|temperature={temperature}|max_tokens={max_tokens}"
+        )
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if key:
@@ -188,8 +192,10 @@ class OpenAIJudge:
                     self._sleep(attempt, e.args[1] if len(e.args) > 1 else None)
             except ValueError as e:
                 if body.get("logprobs") and "logprob" in str(e).lower():
+                    # A server that rejects log-probs: ask again without, now and from now on.
+                    self.logprobs = False
                     body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
-                    continue  # a server that rejects log-probs: ask again without them
+                    continue
                 return Verdict("unparsed", raw=str(e), error=str(e))
         error = f"gave up after {self.retries + 1} attempts: {last}"
         return Verdict("unparsed", error=error)
