@@ -67,17 +67,16 @@ def test_sampling_is_seeded_and_samples_differ(tokenizer):
     ids = [prompt_ids(tokenizer, p, chat=False) for p in PROMPTS[:2]]
     d = Decoding(max_new_tokens=8, temperature=1.5, top_p=0.95, num_samples=3, seed=1)
     a = generate(model, tokenizer, ids, d, batch_size=4)
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
     b = generate(model, tokenizer, ids, d, batch_size=4)
+    # the global RNG is left alone: sampling here does not shift the caller's random stream
+    assert torch.equal(torch.rand(1), expected)
     c = generate(model, tokenizer, ids, Decoding(**{**d.__dict__, "seed": 2}), batch_size=4)
     assert a == b and a != c
     assert [(g.prompt_index, g.sample) for g in a] == [(p, s) for p in (0, 1) for s in (0, 1, 2)]
     assert len({g.text for g in a[:3]}) > 1  # three samples of one prompt are not copies
-    # the global RNG is left alone: sampling here does not shift the caller's random stream
-    torch.manual_seed(5)
-    expected = torch.rand(1)
-    torch.manual_seed(5)
-    generate(model, tokenizer, ids, d, batch_size=4)
-    assert torch.equal(torch.rand(1), expected)
 
 
 def test_generation_cache_round_trip_and_keys(tmp_path):

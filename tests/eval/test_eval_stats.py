@@ -98,15 +98,15 @@ def _planted(n: int, intercept: float, slope: float, seed: int):
 
 def test_length_control_recovers_planted_effect():
     # Truth: no preference at equal length (intercept 0), strong preference for length.
-    scores, pol, ref = _planted(2000, intercept=0.0, slope=1.5, seed=0)
+    scores, pol, ref = _planted(1200, intercept=0.0, slope=1.5, seed=0)
     assert scores.mean() > 0.75  # the raw win-rate is inflated by length
-    lc = length_controlled_win_rate(scores, pol, ref, np.arange(2000), 2000, seed=0)
+    lc = length_controlled_win_rate(scores, pol, ref, np.arange(1200), 2000, seed=0)
     assert lc.win_rate == pytest.approx(0.5, abs=0.05)
     assert lc.ci95[0] < 0.5 < lc.ci95[1]
     assert lc.slope == pytest.approx(1.5, abs=0.3)
     # A real quality effect (intercept 1 -> σ(1) = 0.731) survives length control.
-    scores, pol, ref = _planted(2000, intercept=1.0, slope=1.0, seed=1)
-    lc = length_controlled_win_rate(scores, pol, ref, np.arange(2000), 2000, seed=0)
+    scores, pol, ref = _planted(1200, intercept=1.0, slope=1.0, seed=1)
+    lc = length_controlled_win_rate(scores, pol, ref, np.arange(1200), 2000, seed=0)
     assert lc.win_rate == pytest.approx(1 / (1 + math.exp(-1)), abs=0.05)
     assert lc.ci95[0] < lc.win_rate < lc.ci95[1]
 
