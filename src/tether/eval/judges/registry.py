@@ -1,0 +1,82 @@
+"""Judge names in the config -> judge objects. Another package adds one with ``register_judge``.
+
+The human judge lives with the labeling page (``tether label``) and registers itself there;
+until it is imported, ``judge=human`` says where it comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tether.errors import JudgeError
+from tether.eval.config import EvalConfig
+from tether.eval.judges.base import Judge
+
+__all__ = ["JUDGES", "build_judge", "register_judge"]
+
+JudgeBuilder = Callable[[EvalConfig, Path | None], Judge]
+JUDGES: dict[str, JudgeBuilder] = {}
+
+
+def register_judge(name: str) -> Callable[[JudgeBuilder], JudgeBuilder]:
+    """Make ``judge=name`` build a judge with ``builder(cfg, memo_dir)``."""
+
+    def add(builder: JudgeBuilder) -> JudgeBuilder:
+        JUDGES[name] = builder
+        return builder
+
+    return add
+
+
+def build_judge(cfg: EvalConfig, memo_dir: Path | None = None) -> Judge:
+    builder = JUDGES.get(cfg.judge)
+    if builder is None:
+        if cfg.judge == "human":
+            raise JudgeError(
+                "judge: 'human' is provided by the labeling page (tether label), which is not "
+                "installed in this build; use rule, reward_model or openai"
+            )
+        raise JudgeError(f"judge: unknown '{cfg.judge}'; valid: {', '.join(sorted(JUDGES))}")
+    return builder(cfg, memo_dir)
+
+
+@register_judge("rule")
+def _rule(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+    from tether.eval.judges.rule import RuleJudge
+
+    return RuleJudge(cfg.judge_rule, cfg.judge_rule_args)
+
+
+@register_judge("reward_model")
+def _reward_model(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+    from tether.eval.judges.reward_model import RewardModelJudge
+    from tether.modeling import resolve_device
+
+    return RewardModelJudge(
+        cfg.judge_model,
+        device=resolve_device(cfg.device),
+        batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+        memo_dir=memo_dir,
+    )
+
+
+@register_judge("openai")
+def _openai(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+    from tether.eval.judges.openai import OpenAIJudge
+
+    return OpenAIJudge(
+        cfg.judge_url,
+        cfg.judge_model,
+        api_key_env=cfg.judge_api_key_env,
+        temperature=cfg.judge_temperature,
+        max_tokens=cfg.judge_max_tokens,
+        logprobs=cfg.judge_logprobs,
+        timeout=cfg.judge_timeout,
+        retries=cfg.judge_retries,
+        backoff=cfg.judge_backoff,
+        concurrency=cfg.concurrency,
+        request_budget=cfg.request_budget,
+        usd_per_million_tokens=cfg.judge_usd_per_million_tokens,
+    )
