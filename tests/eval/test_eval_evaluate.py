@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tether.config import build_config
-from tether.errors import ConfigError, JudgeError
+from tether.errors import ConfigError
 from tether.eval import cli as eval_cli
 from tether.eval.config import EvalConfig
 from tether.eval.evaluate import evaluate
@@ -140,9 +140,48 @@ def test_setup_errors(setup, tmp_path):
     run, ref, data = setup
     with pytest.raises(ConfigError, match="output_dir: required"):
         evaluate(_cfg(model=str(ref), reference=str(ref), data=str(data)))
-    with pytest.raises(JudgeError, match="labeling page"):
-        evaluate(_cfg(model=str(run), data=str(data), judge="human",
-                      output_dir=str(tmp_path), cache_dir=str(tmp_path / "c")))
+    with pytest.raises(ConfigError, match="judge: unknown 'nobody'"):
+        _cfg(model=str(run), data=str(data), judge="nobody")
+
+
+def test_human_judge_end_to_end_unvoted_then_voted(setup, tmp_path):
+    """judge=human: pairs land in the labeling database; unvoted pairs are unparsed (never a
+    loss); once people vote, a re-run counts their votes (nothing stale from the cache)."""
+    from tether.ui.store import LabelStore
+
+    run, _, data = setup
+    db = tmp_path / "label.db"
+    cfg = _cfg(model=str(run), data=str(data), judge="human", judge_db=str(db),
+               output_dir=str(tmp_path / "h"), cache_dir=str(tmp_path / "c"),
+               implicit_reward="off")
+    first = evaluate(cfg)
+    decisive = first["pairs"] - first["ties"]  # identical answers are ties without a person
+    assert first["unparsed"] == decisive and first["losses"] == 0 and first["wins"] == 0
+    policy = {json.loads(x)["prompt"]: json.loads(x)["policy_answer"]
+              for x in (tmp_path / "h" / "eval" / "judgments.jsonl").read_text().splitlines()}
+    store = LabelStore(db)
+    _, who = store.login("ann")
+    while (shown := store.current(who)) is not None:  # ann always prefers the trained model
+        choice = "A" if shown.answer_a == policy[shown.item.prompt] else "B"
+        store.vote(who, shown.item.id, choice)
+    second = evaluate(cfg)
+    assert second["unparsed"] == 0 and second["wins"] == decisive and second["losses"] == 0
+
+
+def test_label_page_reads_eval_judgments(setup, tmp_path):
+    """`tether label --mode winrate --items <run>/eval/judgments.jsonl` takes eval's output."""
+    from tether.ui.inputs import read_items
+
+    run, _, data = setup
+    evaluate(_cfg(model=str(run), data=str(data), output_dir=str(tmp_path / "r"),
+                  cache_dir=str(tmp_path / "c"), implicit_reward="off"))
+    path = tmp_path / "r" / "eval" / "judgments.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    items = read_items(path, "winrate")
+    assert len(items) == len(lines)
+    for item, line in zip(items, lines, strict=True):
+        assert item.prompt == line["prompt"]
+        assert {item.answer_1, item.answer_2} == {line["policy_answer"], line["reference_answer"]}
 
 
 def test_cli_module_parses_config_file_and_overrides(setup, tmp_path, capsys):

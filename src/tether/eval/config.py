@@ -48,6 +48,8 @@ class EvalConfig:
     judge_rule_args: dict[str, str] = opt(
         {}, "judge=rule: keyword arguments, e.g. judge_rule_args.field=label"
     )
+    judge_db: str = opt("label.db", "human: the labeling database `tether label --db` serves")
+    judge_wait: float = opt(0.0, "human: seconds to wait for votes (0: read what is there)")
     judge_model: str = opt("", "reward model dir (reward_model) or served model name (openai)")
     judge_url: str = opt("", "judge=openai: base URL, e.g. http://127.0.0.1:11434/v1")
     judge_api_key_env: str = opt(

@@ -121,16 +121,20 @@ def judge_pairs(
             a, b = _display(pair, order)
             key = judgment_key(judge.identity, template_hash, pair.prompt, a, b, pair.row)
             wanted.append((pair.index, order, key, JudgeItem(pair.prompt, a, b, pair.row)))
-    cached = cache.get_many([w[2] for w in wanted])
+    # A judge whose verdicts can still change (people voting on the labeling page) opts out.
+    cacheable = bool(getattr(judge, "cacheable", True))
+    cached = cache.get_many([w[2] for w in wanted]) if cacheable else {}
     todo = [w for w in wanted if w[2] not in cached]
     _announce_plan(judge, len(pairs), len(wanted), [w[3] for w in todo], announce)
     fresh: dict[str, Verdict] = {}
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
         verdicts = judge.judge_many([w[3] for w in chunk])
-        cache.put_many(
-            (w[2], judge.identity, template_hash, v) for w, v in zip(chunk, verdicts, strict=True)
-        )
+        if cacheable:
+            cache.put_many(
+                (w[2], judge.identity, template_hash, v)
+                for w, v in zip(chunk, verdicts, strict=True)
+            )
         fresh.update((w[2], v) for w, v in zip(chunk, verdicts, strict=True))
         if on_progress is not None:
             on_progress(min(start + chunk_size, len(todo)), len(todo))

@@ -1,7 +1,7 @@
 """Judge names in the config -> judge objects. Another package adds one with ``register_judge``.
 
-The human judge lives with the labeling page (``tether label``) and registers itself there;
-until it is imported, ``judge=human`` says where it comes from.
+``human`` puts the pairs into the labeling page's database (``judge_db``) and reads people's
+votes from it (``tether label --db <same file>`` serves the page).
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ def register_judge(name: str) -> Callable[[JudgeBuilder], JudgeBuilder]:
 def build_judge(cfg: EvalConfig, memo_dir: Path | None = None) -> Judge:
     builder = JUDGES.get(cfg.judge)
     if builder is None:
-        if cfg.judge == "human":
-            raise JudgeError(
-                "judge: 'human' is provided by the labeling page (tether label), which is not "
-                "installed in this build; use rule, reward_model or openai"
-            )
         raise JudgeError(f"judge: unknown '{cfg.judge}'; valid: {', '.join(sorted(JUDGES))}")
     return builder(cfg, memo_dir)
+
+
+@register_judge("human")
+def _human(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+    from tether.ui.human_judge import HumanJudge
+
+    return HumanJudge(cfg.judge_db, wait_s=cfg.judge_wait)
 
 
 @register_judge("rule")
