@@ -52,17 +52,19 @@ def _fsync(path: Path) -> None:
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].copy())}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = s
     py = random.getstate()
-    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], *np_state[2:]]}
+    meta: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], *np_state[2:]]
+    }
     return tensors, meta
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: Any) -> None:
     torch.set_rng_state(tensors["torch"])
     for k, v in tensors.items():
         if k.startswith("cuda") and torch.cuda.is_available():
@@ -88,7 +90,9 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _load_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
@@ -208,7 +212,8 @@ def load_checkpoint(
                 f"{path}/model.safetensors: weights do not match the model "
                 f"(missing {len(missing)}, unexpected {len(unexpected)})"
             )
-        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+        opt_tensors = load_file(str(path / "optimizer.safetensors"))
+        _load_optimizer(optimizer, opt_tensors, meta["optimizer"])
         _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
     except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(

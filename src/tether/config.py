@@ -23,6 +23,7 @@ from tether.errors import ConfigError
 __all__ = [
     "TrainConfig",
     "config_help",
+    "config_markdown",
     "load_config",
     "opt",
     "save_config",
@@ -35,7 +36,7 @@ C = TypeVar("C")
 def opt(default: Any, help: str) -> Any:
     """A config field with a default and a one-line description (shown by ``--help``)."""
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -46,7 +47,7 @@ class TrainConfig:
     # --- what to train, on what, where to write it
     model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
     tokenizer: str | None = opt(None, "tokenizer path or hub id (default: the model's)")
-    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv file, saved dataset dir or hub id")
+    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv, a saved dataset or a hub id")
     eval_data: str | None = opt(None, "held-out data in any format `data` accepts")
     output_dir: str = opt("runs/train", "run directory (config.yaml, metrics.jsonl, model/ ...)")
     data_format: Literal["auto", "standard", "conversational", "implicit"] = opt(
@@ -284,7 +285,8 @@ def load_config(
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            problem = getattr(e, "problem", e)
+            raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -342,9 +344,26 @@ def config_help(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = (
+            f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        )
         lines.append(
             f"  {f.name:<20} {_type_name(hints[f.name]):<28} default {default!r}: "
             f"{f.metadata.get('help', '')}"
+        )
+    return "\n".join(lines)
+
+
+def config_markdown(cls: type) -> str:
+    """The config reference as a Markdown table (the README's copy is checked by a test)."""
+    hints = typing.get_type_hints(cls)
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kind = _type_name(hints[f.name]).replace(" | ", " / ")
+        lines.append(
+            f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |".replace(
+                "\\n", "\\\\n"
+            )
         )
     return "\n".join(lines)

@@ -227,7 +227,7 @@ def _apply_template(template: str, data: Mapping[str, Any], source: str) -> str:
         raise DataError(f"prompt_template: cannot format ({e}); use {{field}} names") from None
 
 
-class _StrictFields(dict):  # type: ignore[type-arg]
+class _StrictFields(dict[str, Any]):
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         super().__init__(data)
         self.source = source
@@ -307,7 +307,9 @@ def _shared_prefix(chosen: Text, rejected: Text, source: str) -> tuple[Text, Tex
         while n > 0 and chosen[n - 1]["role"] == "assistant":
             n -= 1
         if n == 0 or n >= min(len(chosen), len(rejected)):
-            raise DataError(f"{source}: chosen and rejected share no prompt turns (implicit format)")
+            raise DataError(
+                f"{source}: chosen and rejected share no prompt turns (implicit format)"
+            )
         return chosen[:n], chosen[n:], rejected[n:]
     if isinstance(chosen, str) and isinstance(rejected, str):
         common = os.path.commonprefix([chosen, rejected])
@@ -413,7 +415,8 @@ def load_completions(
                 raise DataError(
                     f"{row.source}: field 'messages' must end with assistant turn(s) after a prompt"
                 )
-            prompt, completion = msgs[:k], msgs[k:]
+            prompt: Text = msgs[:k]
+            completion: Text = msgs[k:]
         else:
             name = "completion" if "completion" in data else "chosen"
             if name not in data:

@@ -23,7 +23,7 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
     """log softmax(h W^T + b)[target] for N selected positions, chunk by chunk."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: Tensor,  # (N, H)
         weight: Tensor,  # (V, H)
@@ -43,7 +43,7 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, targets = ctx.saved_tensors
         cd = ctx.compute_dtype
         w = weight.to(cd)
@@ -74,9 +74,9 @@ def _logits(h: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
 
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     """(body returning hidden states, LM head) of a causal LM, unwrapping PEFT models."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     head = inner.get_output_embeddings()
-    body = inner.base_model
+    body: nn.Module = inner.base_model
     if not isinstance(head, nn.Linear) or body is inner:
         raise TypeError(f"{type(inner).__name__}: expected a causal LM with a linear LM head")
     cfg = inner.config

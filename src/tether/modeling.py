@@ -63,7 +63,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     if tok.eos_token_id is None:
         raise ModelError(f"tokenizer: '{name}' has no EOS token; set eos_token in its config")
     if tok.pad_token_id is None:
-        log.warning("tokenizer %s has no pad token: using EOS (%r) for padding", name, tok.eos_token)
+        log.warning("tokenizer %s has no pad token: using EOS (%r) to pad", name, tok.eos_token)
         tok.pad_token = tok.eos_token
     return tok
 
@@ -90,7 +90,7 @@ def load_model(
     except (OSError, ValueError) as e:
         raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None
     disable_dropout(model)
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -7,6 +7,7 @@ on the texts given; the models are random-initialised ``transformers`` Llama or 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -65,7 +66,7 @@ def train_tokenizer(
     return fast
 
 
-def _ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+def _ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     return {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,

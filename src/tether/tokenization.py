@@ -70,7 +70,7 @@ def _as_messages(text: Text, role: str) -> list[Message]:
 
 
 def _plain(text: Text, prompt: bool) -> str:
-    """Messages without a chat template: 'role: content' lines, the prompt ending on 'assistant: '."""
+    """Messages without a chat template: 'role: content' lines; prompts end on 'assistant: '."""
     if isinstance(text, str):
         return text
     if prompt:

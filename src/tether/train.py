@@ -120,8 +120,9 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             window["steps"] += 1
             bar.update(1)
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
-                row = _log_row(window, st, s.scheduler.get_last_lr()[0])
-                row["tokens_per_s"] = (st.tokens - tokens_at_start) / (time.perf_counter() - t_start)
+                row = _log_row(window, st, float(s.scheduler.get_last_lr()[0]))
+                elapsed = time.perf_counter() - t_start
+                row["tokens_per_s"] = (st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
                 st.metrics_lines += 1
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
@@ -160,7 +161,8 @@ def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, 
     B = batch.pairs
     scale = counts.clamp(min=1).float() if cfg.average_logps else torch.ones_like(logps)
     pc, pr = (logps / scale)[:B], (logps / scale)[B:]  # (B,) each
-    rc = rr = None
+    rc: Tensor | None = None
+    rr: Tensor | None = None
     if s.reference is not None:
         ref_c, ref_r = s.reference(batch, split)
         rc, rr = ref_c / scale[:B], ref_r / scale[B:]
@@ -262,7 +264,7 @@ def _clip(model: torch.nn.Module, max_norm: float) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.norm(torch.stack([p.grad.detach().float().norm() for p in params])))
+    return float(torch.stack([p.grad.detach().float().norm() for p in params]).norm())  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -281,7 +283,9 @@ def _setup(cfg: TrainConfig) -> Setup:
     if reference_kind == "auto":
         reference_kind = "precomputed" if spec.needs_reference else "none"
     if spec.needs_reference and reference_kind == "none":
-        raise ConfigError(f"reference: loss '{cfg.loss}' needs a reference; use precomputed or copy")
+        raise ConfigError(
+            f"reference: loss '{cfg.loss}' needs a reference; use precomputed or copy"
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
@@ -321,9 +325,11 @@ def _setup(cfg: TrainConfig) -> Setup:
 
 
 # Keys that may change between a run and its resumption; every other key must match.
+# max_steps/epochs may grow to extend a run (the learning-rate schedule then follows the new
+# length, so only an unchanged length reproduces the uninterrupted run bit for bit).
 _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
                    "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
-                   "eval_data"}
+                   "eval_data", "max_steps", "epochs"}
 
 
 def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair]) -> dict[str, Any]:
@@ -381,7 +387,7 @@ def _load_rows(
     kwargs = {"field_map": cfg.field_map, "prompt_template": cfg.prompt_template,
               "split": cfg.split}
     audit: dict[str, Any] = {}
-    out = []
+    out: list[list[TokenizedPair]] = []
     for name, path in (("train", cfg.data), ("eval", cfg.eval_data)):
         if path is None:
             out.append([])
