@@ -291,7 +291,8 @@ def _setup(cfg: TrainConfig) -> Setup:
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
     run = RunDir.create(cfg.output_dir, cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
+                               field="tokenizer" if cfg.tokenizer else "model")
     train_rows, eval_rows = _load_rows(cfg, tokenizer, run)
     policy = load_model(
         cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code
