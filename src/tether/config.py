@@ -240,11 +240,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"config field {key} has unsupported type {tp}")  # internal bug
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def _is_text(hints: Mapping[str, Any], key: str) -> bool:
+    """Whether ``key`` (``a`` or ``a.b`` of a mapping field) holds a string or null."""
+    head, _, sub = key.partition(".")
+    tp = hints.get(head)
+    if sub:
+        if typing.get_origin(tp) is not dict:
+            return False
+        tp = typing.get_args(tp)[1]
+    return tp is str or (
+        typing.get_origin(tp) in (Union, types.UnionType)
+        and set(typing.get_args(tp)) == {str, type(None)}
+    )
+
+
+def _parse_override(item: str, hints: Mapping[str, Any]) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value, e.g. beta=0.1")
     key, raw = item.split("=", 1)
     key = key.strip().lstrip("-").replace("-", "_")
+    if _is_text(hints, key) and raw.strip() not in ("null", "~"):
+        # Verbatim: YAML would read prompt_template={question} as a mapping, 'Q: {x}' as a
+        # mapping too, field_map.prompt=yes as true and data=#x as null.
+        return key, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -283,7 +301,11 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
         raw.update(loaded)
-    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    hints = typing.get_type_hints(cls)
+    items = (
+        overrides.items() if isinstance(overrides, Mapping)
+        else (_parse_override(o, hints) for o in overrides)
+    )
     for key, value in items:
         if "." in key:
             head, sub = key.split(".", 1)

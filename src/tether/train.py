@@ -114,6 +114,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             grad_norm = _clip(policy, cfg.max_grad_norm)
             if _finite(torch.stack(losses).sum(), grad_norm, st, cfg.max_bad_steps):
                 s.optimizer.step()
+            lr = float(s.scheduler.get_last_lr()[0])  # the rate this step used, not the next one
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             st.step += 1
@@ -122,7 +123,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             window["steps"] += 1
             bar.update(1)
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
-                row = _log_row(window, st, float(s.scheduler.get_last_lr()[0]))
+                row = _log_row(window, st, lr)
                 elapsed = time.perf_counter() - t_start
                 row["tokens_per_s"] = (st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
@@ -286,7 +287,8 @@ def _setup(cfg: TrainConfig) -> Setup:
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
     run = RunDir.create(cfg.output_dir, cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
+                               field="tokenizer" if cfg.tokenizer else "model")
     train_rows, eval_rows = _load_rows(cfg, tokenizer, run)
     policy = load_model(
         cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code
