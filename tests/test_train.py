@@ -57,12 +57,13 @@ def test_batch8_equals_batch4_times_accumulation2(llama_dir, pairs_file, tmp_pat
     assert max((w4[k] - w8[k]).abs().max().item() for k in init) > 0.5 * lr
 
 
-@pytest.mark.parametrize("average_logps", [False, True])
-def test_first_step_is_log2_with_zero_rewards(llama_dir, pairs_file, tmp_path, average_logps):
+@pytest.mark.parametrize("length_normalize", [False, True])
+def test_first_step_is_log2_with_zero_rewards(llama_dir, pairs_file, tmp_path, length_normalize):
     # The first step's metrics come from the forward pass before the optimizer moves the
     # policy, so policy == reference there: h = 0, loss = -log sigmoid(0) = log 2.
     run = train(train_config(tmp_path, model=str(llama_dir), data=str(pairs_file),
-                             max_steps=2, lr=1e-2, batch_size=8, average_logps=average_logps))
+                             max_steps=2, lr=1e-2, batch_size=8,
+                             length_normalize=length_normalize))
     first, second = read_metrics(run)[:2]
     assert first["step"] == 1
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)

@@ -194,6 +194,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message says it best
+            raise ValueError(errors[0])
         raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
