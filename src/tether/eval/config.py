@@ -5,42 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tether.config import opt
+from tether.fields import opt
 
-__all__ = ["JUDGE_NAMES", "EvalConfig"]
+__all__ = ["JUDGE_NAMES", "EvalConfig", "JudgeConfig"]
 
 JUDGE_NAMES = ("rule", "reward_model", "openai", "human", "none")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Win-rate of the trained model over its reference on held-out prompts."""
-
-    # --- what to compare, on what, where to write
-    model: str = opt("", "trained model: a run directory (its model/ is used) or a model dir")
-    reference: str = opt(
-        "", "reference model (default: the `model` key of the run directory's config.yaml)"
-    )
-    tokenizer: str | None = opt(
-        None, "tokenizer for both models' prompts (default: the trained model's)"
-    )
-    data: str = opt("", "held-out prompts: prompt-only or preference rows, any format tether reads")
-    split: str = opt("train", "split to read from a saved/hub dataset")
-    field_map: dict[str, str] = opt({}, "rename fields, e.g. field_map.prompt=question")
-    prompt_template: str | None = opt(None, "build the prompt from fields, e.g. '{instruction}'")
-    chat_template: Literal["auto", "on", "off"] = opt(
-        "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
-    )
-    max_prompts: int | None = opt(None, "evaluate only the first N prompts (default: all)")
-    output_dir: str = opt("", "run directory to write eval/ into (default: the model's run dir)")
-
-    # --- generation (identical for both models)
-    max_new_tokens: int = opt(256, "tokens generated per answer at most")
-    temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
-    top_p: float = opt(1.0, "nucleus sampling mass (with temperature > 0)")
-    num_samples: int = opt(1, "answers per prompt and model (needs temperature > 0 when > 1)")
-    seed: int = opt(0, "seed of sampling and of the bootstrap")
-    batch_size: int = opt(8, "prompts per generation / scoring batch")
+class JudgeConfig:
+    """The judge keys, shared by ``tether eval`` and ``tether pairs mode=sample``."""
 
     # --- judge
     judge: str = opt("rule", "rule | reward_model | openai | human | none (implicit reward only)")
@@ -69,6 +43,60 @@ class EvalConfig:
     )
     concurrency: int = opt(4, "judge requests in flight at once")
     request_budget: int | None = opt(None, "judge=openai: at most this many HTTP requests")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.judge not in JUDGE_NAMES:
+            out.append(f"judge: unknown '{self.judge}'; valid: {', '.join(JUDGE_NAMES)}")
+        elif self.judge == "rule" and not self.judge_rule:
+            out.append("judge_rule: required for judge=rule, e.g. tether.eval.rules:exact_answer")
+        elif self.judge == "reward_model" and not self.judge_model:
+            out.append("judge_model: required for judge=reward_model (a local model directory)")
+        elif self.judge == "openai":
+            if not self.judge_url:
+                out.append("judge_url: required for judge=openai, e.g. http://127.0.0.1:8000/v1")
+            if not self.judge_model:
+                out.append("judge_model: required for judge=openai (the served model's name)")
+        for name in ("concurrency", "judge_max_tokens"):
+            if getattr(self, name) < 1:
+                out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.request_budget is not None and self.request_budget < 1:
+            out.append(f"request_budget: must be >= 1 (or unset), got {self.request_budget}")
+        return out
+
+
+@dataclass(frozen=True)
+class EvalConfig(JudgeConfig):
+    """Win-rate of the trained model over its reference on held-out prompts.
+
+    The judge keys (judge, judge_rule, judge_url, ...) come from ``JudgeConfig``.
+    """
+
+    # --- what to compare, on what, where to write
+    model: str = opt("", "trained model: a run directory (its model/ is used) or a model dir")
+    reference: str = opt(
+        "", "reference model (default: the `model` key of the run directory's config.yaml)"
+    )
+    tokenizer: str | None = opt(
+        None, "tokenizer for both models' prompts (default: the trained model's)"
+    )
+    data: str = opt("", "held-out prompts: prompt-only or preference rows, any format tether reads")
+    split: str = opt("train", "split to read from a saved/hub dataset")
+    field_map: dict[str, str] = opt({}, "rename fields, e.g. field_map.prompt=question")
+    prompt_template: str | None = opt(None, "build the prompt from fields, e.g. '{instruction}'")
+    chat_template: Literal["auto", "on", "off"] = opt(
+        "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
+    )
+    max_prompts: int | None = opt(None, "evaluate only the first N prompts (default: all)")
+    output_dir: str = opt("", "run directory to write eval/ into (default: the model's run dir)")
+
+    # --- generation (identical for both models)
+    max_new_tokens: int = opt(256, "tokens generated per answer at most")
+    temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
+    top_p: float = opt(1.0, "nucleus sampling mass (with temperature > 0)")
+    num_samples: int = opt(1, "answers per prompt and model (needs temperature > 0 when > 1)")
+    seed: int = opt(0, "seed of sampling and of the bootstrap")
+    batch_size: int = opt(8, "prompts per generation / scoring batch")
 
     # --- statistics
     bootstrap_samples: int = opt(2000, "bootstrap resamples of the prompts (>= 2000)")
@@ -100,27 +128,14 @@ class EvalConfig:
             out.append("model: required (the trained model or its run directory)")
         if not self.data:
             out.append("data: required (held-out prompts or preference rows)")
-        if self.judge not in JUDGE_NAMES:
-            out.append(f"judge: unknown '{self.judge}'; valid: {', '.join(JUDGE_NAMES)}")
-        elif self.judge == "rule" and not self.judge_rule:
-            out.append("judge_rule: required for judge=rule, e.g. tether.eval.rules:exact_answer")
-        elif self.judge == "reward_model" and not self.judge_model:
-            out.append("judge_model: required for judge=reward_model (a local model directory)")
-        elif self.judge == "openai":
-            if not self.judge_url:
-                out.append("judge_url: required for judge=openai, e.g. http://127.0.0.1:8000/v1")
-            if not self.judge_model:
-                out.append("judge_model: required for judge=openai (the served model's name)")
+        out.extend(JudgeConfig.problems(self))
         if self.judge == "none" and self.implicit_reward == "off":
             out.append("judge: none with implicit_reward=off leaves nothing to evaluate")
-        for name in ("max_new_tokens", "num_samples", "batch_size", "concurrency",
-                     "judge_max_tokens", "max_length"):
+        for name in ("max_new_tokens", "num_samples", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_prompts", "request_budget"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                out.append(f"{name}: must be >= 1 (or unset), got {value}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            out.append(f"max_prompts: must be >= 1 (or unset), got {self.max_prompts}")
         if self.temperature < 0:
             out.append(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

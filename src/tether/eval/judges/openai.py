@@ -179,13 +179,24 @@ class OpenAIJudge:
     def __call__(
         self, prompt: str, answer_a: str, answer_b: str, row: dict | None = None
     ) -> Verdict:
-        body = self.payload(JudgeItem(prompt, answer_a, answer_b, row))
+        data, error = self.request(self.payload(JudgeItem(prompt, answer_a, answer_b, row)))
+        if data is None:
+            return Verdict("unparsed", raw=error if error.startswith("HTTP") else "", error=error)
+        return self._verdict(data)
+
+    def request(self, body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """POST a chat-completions body with retries -> (reply JSON, "") or (None, why not).
+
+        Backs off on 429, 5xx, timeouts and malformed replies; respects the request budget;
+        a server that rejects log-probs is asked again without them. ``JudgeError`` (bad key,
+        unknown model) is raised: no retry can fix it.
+        """
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if not self.budget.take():
-                return Verdict("unparsed", error=f"request budget of {self.budget.limit} spent")
+                return None, f"request budget of {self.budget.limit} spent"
             try:
-                return self._verdict(self._post(body))
+                return self._post(body), ""
             except _Failure as e:
                 last = str(e.args[0])
                 if attempt < self.retries:
@@ -196,9 +207,8 @@ class OpenAIJudge:
                     self.logprobs = False
                     body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
                     continue
-                return Verdict("unparsed", raw=str(e), error=str(e))
-        error = f"gave up after {self.retries + 1} attempts: {last}"
-        return Verdict("unparsed", error=error)
+                return None, str(e)
+        return None, f"gave up after {self.retries + 1} attempts: {last}"
 
     @staticmethod
     def _verdict(data: dict[str, Any]) -> Verdict:

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tether.errors import JudgeError
-from tether.eval.config import EvalConfig
+from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import Judge
 
 __all__ = ["JUDGES", "build_judge", "register_judge"]
 
-JudgeBuilder = Callable[[EvalConfig, Path | None], Judge]
+JudgeBuilder = Callable[[JudgeConfig, Path | None], Judge]
 JUDGES: dict[str, JudgeBuilder] = {}
 
 
@@ -29,7 +29,7 @@ def register_judge(name: str) -> Callable[[JudgeBuilder], JudgeBuilder]:
     return add
 
 
-def build_judge(cfg: EvalConfig, memo_dir: Path | None = None) -> Judge:
+def build_judge(cfg: JudgeConfig, memo_dir: Path | None = None) -> Judge:
     builder = JUDGES.get(cfg.judge)
     if builder is None:
         raise JudgeError(f"judge: unknown '{cfg.judge}'; valid: {', '.join(sorted(JUDGES))}")
@@ -37,35 +37,36 @@ def build_judge(cfg: EvalConfig, memo_dir: Path | None = None) -> Judge:
 
 
 @register_judge("human")
-def _human(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+def _human(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
     from tether.ui.human_judge import HumanJudge
 
     return HumanJudge(cfg.judge_db, wait_s=cfg.judge_wait)
 
 
 @register_judge("rule")
-def _rule(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+def _rule(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
     from tether.eval.judges.rule import RuleJudge
 
     return RuleJudge(cfg.judge_rule, cfg.judge_rule_args)
 
 
 @register_judge("reward_model")
-def _reward_model(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+def _reward_model(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
     from tether.eval.judges.reward_model import RewardModelJudge
     from tether.modeling import resolve_device
 
     return RewardModelJudge(
         cfg.judge_model,
-        device=resolve_device(cfg.device),
-        batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
+        # runtime keys of the config that carries the judge keys (eval's or pairs')
+        device=resolve_device(getattr(cfg, "device", "auto")),
+        batch_size=getattr(cfg, "batch_size", 8),
+        trust_remote_code=getattr(cfg, "trust_remote_code", False),
         memo_dir=memo_dir,
     )
 
 
 @register_judge("openai")
-def _openai(cfg: EvalConfig, memo_dir: Path | None) -> Judge:
+def _openai(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
     from tether.eval.judges.openai import OpenAIJudge
 
     return OpenAIJudge(
