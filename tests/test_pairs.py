@@ -16,7 +16,7 @@ from tether.eval.rules import shorter
 from tether.pairs import PairsConfig, run
 
 sys.path.insert(0, str(Path(__file__).parent / "eval"))
-from eval_chat_server import ChatServer, Reply, completion  # noqa: E402
+from eval_chat_server import ChatServer, Reply, completion
 
 SHARED = Path(os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared"
                              / "data")) / "instruction-data-with-preference.json"
