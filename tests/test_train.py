@@ -199,3 +199,19 @@ def test_saved_model_reloads_with_plain_transformers(llama_dir, pairs_file, tmp_
         before, _ = sequence_logps(load_model(str(llama_dir)), b.input_ids, b.attention_mask,
                                    b.completion_mask)
     assert (before - plain).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "copy"])
+def test_reference_model_other_than_the_start(llama_dir, gpt2_dir, pairs_file, tmp_path,
+                                               reference):
+    """reference_model=X anchors to X, not to the policy's start: with the GPT-2 as reference
+    the first step is no longer log 2, and precomputed agrees with a frozen copy of X."""
+    runs = {}
+    for kind in dict.fromkeys([reference, "copy"]):
+        runs[kind] = read_metrics(train(train_config(
+            tmp_path / kind, model=str(llama_dir), data=str(pairs_file), max_steps=1,
+            batch_size=8, reference=kind, reference_model=str(gpt2_dir))))[0]
+    first = runs[reference]
+    assert abs(first["loss"] - math.log(2)) > 1e-3
+    assert abs(first["rewards/chosen"]) > 1e-3
+    assert first["loss"] == pytest.approx(runs["copy"]["loss"], abs=1e-5)

@@ -61,6 +61,9 @@ class TrainConfig(LossConfig):
     split: str = opt("train", "split to read from a saved/hub dataset")
 
     # --- reference
+    reference_model: str | None = opt(
+        None, "reference model (default: the policy's starting point, `model`)"
+    )
     reference: Literal["precomputed", "copy", "lora", "none", "auto"] = opt(
         "auto", "reference model: precomputed cache | frozen copy | lora | none (auto picks)"
     )

@@ -293,26 +293,11 @@ def _setup(cfg: TrainConfig) -> Setup:
     policy = load_model(
         cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code
     )
-    reference: Reference | None = None
-    if spec.needs_reference and reference_kind == "precomputed" and spec.data == "ranked":
-        reference = RankedPrecomputed.build(
-            policy, {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})},
-            pad_id=tokenizer.pad_token_id, batch_size=cfg.eval_batch_size, device=device,
-            chunk=cfg.logprob_chunk, autocast=autocast, progress=cfg.progress,
-        )
-    elif spec.needs_reference and reference_kind == "precomputed":
+    reference = None
+    if spec.needs_reference:
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
-        settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
-        reference = Precomputed.build(
-            policy, splits, pad_id=tokenizer.pad_token_id, batch_size=cfg.eval_batch_size,
-            device=device, chunk=cfg.logprob_chunk,
-            cache_dir=Path(cfg.cache_dir).expanduser() / "reference", settings=settings,
-            autocast=autocast, progress=cfg.progress,
-        )
-    elif spec.needs_reference and reference_kind == "copy":
-        reference = FrozenCopy(policy, cfg.logprob_chunk, autocast)
-    elif reference_kind == "lora":
-        raise ConfigError("reference: 'lora' needs lora=true (LoRA support is not in this build)")
+        reference = _build_reference(cfg, reference_kind, policy, splits, tokenizer.pad_token_id,
+                                     device, dtype, autocast)
     steps_per_epoch = max(1, len(train_rows) // (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(
@@ -326,6 +311,31 @@ def _setup(cfg: TrainConfig) -> Setup:
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
     return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
                  optimizer, scheduler, total, fingerprint, state)
+
+
+def _build_reference(
+    cfg: TrainConfig, kind: str, policy: torch.nn.Module,
+    splits: dict[str, list[TokenizedPair]], pad_id: int, device: torch.device,
+    dtype: torch.dtype, autocast: bool,
+) -> Reference:
+    """The reference strategy; its model is the policy's start unless ``reference_model``."""
+    if kind == "lora":
+        raise ConfigError("reference: 'lora' needs lora=true (LoRA support is not in this build)")
+    model = policy
+    if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
+        model = load_model(cfg.reference_model, dtype=dtype, device=device,
+                           trust_remote_code=cfg.trust_remote_code)
+    if kind == "copy":
+        return FrozenCopy(model, cfg.logprob_chunk, autocast)
+    common = {"pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
+              "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress}
+    if LOSS_SPECS[cfg.loss].data == "ranked":
+        return RankedPrecomputed.build(model, splits, **common)  # type: ignore[arg-type]
+    settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
+    return Precomputed.build(
+        model, splits, cache_dir=Path(cfg.cache_dir).expanduser() / "reference",
+        settings=settings, **common,  # type: ignore[arg-type]
+    )
 
 
 # Keys that may change between a run and its resumption; every other key must match.
