@@ -184,6 +184,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` as type ``tp`` or raise ValueError with a readable reason."""
+    if tp is Any:  # passed on to another config, which checks it
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)

@@ -13,6 +13,7 @@ CONFIG_TABLES = {
     "train": "tether.config:TrainConfig",
     "eval": "tether.eval.config:EvalConfig",
     "pairs": "tether.pairs:PairsConfig",
+    "iterate": "tether.iterate:IterateConfig",
 }
 
 
