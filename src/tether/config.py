@@ -12,17 +12,20 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from tether.errors import ConfigError
+from tether.fields import opt
+from tether.losses.objective import LossConfig
 
 __all__ = [
     "TrainConfig",
     "config_help",
+    "config_markdown",
     "load_config",
     "opt",
     "save_config",
@@ -32,21 +35,18 @@ __all__ = [
 C = TypeVar("C")
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with a default and a one-line description (shown by ``--help``)."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type."""
+class TrainConfig(LossConfig):
+    """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type.
+
+    The objective's keys (loss, beta, label_smoothing, length_normalize, gamma, ...) come
+    from ``LossConfig``, which owns their meaning and checks.
+    """
 
     # --- what to train, on what, where to write it
     model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
     tokenizer: str | None = opt(None, "tokenizer path or hub id (default: the model's)")
-    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv file, saved dataset dir or hub id")
+    data: str = opt("", "training data: .jsonl/.json/.parquet/.csv, a saved dataset or a hub id")
     eval_data: str | None = opt(None, "held-out data in any format `data` accepts")
     output_dir: str = opt("runs/train", "run directory (config.yaml, metrics.jsonl, model/ ...)")
     data_format: Literal["auto", "standard", "conversational", "implicit"] = opt(
@@ -60,11 +60,10 @@ class TrainConfig:
     )
     split: str = opt("train", "split to read from a saved/hub dataset")
 
-    # --- objective
-    loss: str = opt("dpo", "objective: a name in tether.losses.LOSSES (dpo, sft, ...)")
-    beta: float = opt(0.1, "inverse temperature of the implicit reward (KL strength)")
-    label_smoothing: float = opt(0.0, "epsilon: assumed fraction of flipped labels (cDPO)")
-    average_logps: bool = opt(False, "average completion log-probs per token instead of summing")
+    # --- reference
+    reference_model: str | None = opt(
+        None, "reference model (default: the policy's starting point, `model`)"
+    )
     reference: Literal["precomputed", "copy", "lora", "none", "auto"] = opt(
         "auto", "reference model: precomputed cache | frozen copy | lora | none (auto picks)"
     )
@@ -112,17 +111,28 @@ class TrainConfig:
     cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached")
     progress: bool = opt(True, "show progress bars")
 
+    # --- reliability
+    save_every: int = opt(0, "write a resumable checkpoint every N optimizer steps (0: never)")
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    resume: bool | Literal["auto"] = opt(
+        False, "true: continue from the newest checkpoint; auto: if there is one"
+    )
+    max_bad_steps: int = opt(
+        5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
+    )
+
     def problems(self) -> list[str]:
         """Value checks that types alone cannot express."""
         out = []
+        if self.save_every < 0 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
+            out.append(
+                "save_every must be >= 0, keep_checkpoints and max_bad_steps >= 1, got "
+                f"{self.save_every}, {self.keep_checkpoints}, {self.max_bad_steps}"
+            )
         if not self.model:
             out.append("model: required (a local directory or hub id)")
         if not self.data:
             out.append("data: required (a preference file, saved dataset or hub id)")
-        if self.beta <= 0:
-            out.append(f"beta: must be > 0, got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            out.append(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
         if self.lr <= 0:
             out.append(f"lr: must be > 0, got {self.lr}")
         for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_batch_size",
@@ -144,11 +154,11 @@ class TrainConfig:
             out.append(f"eval_every: must be >= 0, got {self.eval_every}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             out.append(f"adam_betas: must be two numbers in [0, 1), got {self.adam_betas}")
-        from tether.losses import LOSSES  # late: losses imports torch
+        from tether.losses import LOSSES
 
         if self.loss not in LOSSES:
-            out.append(_unknown("loss", self.loss, list(LOSSES)))
-        return out
+            return [*out, _unknown("loss", self.loss, list(LOSSES))]
+        return [*out, *LossConfig.problems(self)]
 
 
 # --------------------------------------------------------------------------- loading
@@ -174,6 +184,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` as type ``tp`` or raise ValueError with a readable reason."""
+    if tp is Any:  # passed on to another config, which checks it
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -187,6 +199,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message says it best
+            raise ValueError(errors[0])
         raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -233,11 +247,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"config field {key} has unsupported type {tp}")  # internal bug
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def _is_text(hints: Mapping[str, Any], key: str) -> bool:
+    """Whether ``key`` (``a`` or ``a.b`` of a mapping field) holds a string or null."""
+    head, _, sub = key.partition(".")
+    tp = hints.get(head)
+    if sub:
+        if typing.get_origin(tp) is not dict:
+            return False
+        tp = typing.get_args(tp)[1]
+    return tp is str or (
+        typing.get_origin(tp) in (Union, types.UnionType)
+        and set(typing.get_args(tp)) == {str, type(None)}
+    )
+
+
+def _parse_override(item: str, hints: Mapping[str, Any]) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value, e.g. beta=0.1")
     key, raw = item.split("=", 1)
     key = key.strip().lstrip("-").replace("-", "_")
+    if _is_text(hints, key) and raw.strip() not in ("null", "~"):
+        # Verbatim: YAML would read prompt_template={question} as a mapping, 'Q: {x}' as a
+        # mapping too, field_map.prompt=yes as true and data=#x as null.
+        return key, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -269,13 +301,18 @@ def load_config(
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            problem = getattr(e, "problem", e)
+            raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
         raw.update(loaded)
-    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    hints = typing.get_type_hints(cls)
+    items = (
+        overrides.items() if isinstance(overrides, Mapping)
+        else (_parse_override(o, hints) for o in overrides)
+    )
     for key, value in items:
         if "." in key:
             head, sub = key.split(".", 1)
@@ -327,9 +364,26 @@ def config_help(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = (
+            f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        )
         lines.append(
             f"  {f.name:<20} {_type_name(hints[f.name]):<28} default {default!r}: "
             f"{f.metadata.get('help', '')}"
+        )
+    return "\n".join(lines)
+
+
+def config_markdown(cls: type) -> str:
+    """The config reference as a Markdown table (the README's copy is checked by a test)."""
+    hints = typing.get_type_hints(cls)
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kind = _type_name(hints[f.name]).replace(" | ", " / ")
+        lines.append(
+            f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |".replace(
+                "\\n", "\\\\n"
+            )
         )
     return "\n".join(lines)

@@ -13,6 +13,7 @@ __all__ = [
     "JudgeError",
     "ModelError",
     "TetherError",
+    "TrainingError",
 ]
 
 
@@ -40,3 +41,7 @@ class CheckpointError(TetherError):
 
 class JudgeError(TetherError):
     """A judge that cannot be set up (bad URL, missing API key variable, bad rule name)."""
+
+
+class TrainingError(TetherError):
+    """Training cannot go on (e.g. the loss stayed non-finite for ``max_bad_steps`` steps)."""

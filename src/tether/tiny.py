@@ -7,6 +7,7 @@ on the texts given; the models are random-initialised ``transformers`` Llama or 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -65,7 +66,7 @@ def train_tokenizer(
     return fast
 
 
-def _ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+def _ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     return {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
@@ -111,6 +112,7 @@ def tiny_gpt2(
     """A random-initialised GPT-2 (learned positions, LayerNorm, tied embeddings)."""
     torch.manual_seed(seed)
     config = GPT2Config(
-        n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, **_ids(tokenizer)
+        n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **_ids(tokenizer),
     )
     return GPT2LMHeadModel(config)

@@ -1,0 +1,75 @@
+"""``tether <command> [CONFIG.yaml] [key=value ...]``: parse, call one public function, exit.
+
+Each subcommand lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``,
+listed in ``COMMANDS``. A ``TetherError`` becomes one line on stderr and exit code 2
+(``--debug`` shows the traceback); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from tether.errors import TetherError
+
+__all__ = ["COMMANDS", "main"]
+
+# name -> (module with add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("tether.commands.train", "DPO (or a variant) against a frozen reference"),
+    "sft": ("tether.commands.sft", "supervised fine-tuning on prompt/completion rows"),
+    "pairs": ("tether.commands.pairs", "import, sample or rewrite preference pairs (JSONL)"),
+    "iterate": ("tether.commands.iterate", "iterative DPO: sample, judge, train, evaluate, repeat"),
+    "eval": ("tether.eval.cli", "win-rate of the trained model against its reference"),
+    "label": ("tether.ui.cli", "a local web page where people judge answers side by side"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Align a language model with human preferences (DPO and its family).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(
+            name, help=help_text, description=help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="tether: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except TetherError as e:
+        if args.debug:
+            raise
+        print(f"tether {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"tether {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

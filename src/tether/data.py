@@ -1,0 +1,436 @@
+"""Preference data: read rows from any supported source, validate them, build records.
+
+Sources: ``.jsonl``, ``.json`` (a list), ``.parquet``, ``.csv``, a ``datasets`` dataset saved
+on disk, or a hub dataset id. JSON and JSONL are parsed here line by line so a bad row is
+reported with its exact line (Arrow's schema inference, which ``datasets`` uses, fails on the
+first mistyped row with a message that names neither line nor field). The other sources go
+through ``datasets``.
+
+Formats (auto-detected from the fields):
+- standard: ``prompt``, ``chosen``, ``rejected`` strings;
+- conversational: each a list of ``{"role", "content"}`` messages (as TRL accepts);
+- implicit prompt: only ``chosen`` and ``rejected`` conversations (Anthropic HH style); their
+  longest shared prefix becomes the prompt, split at a message boundary for conversations and
+  at a whitespace boundary for plain text (never inside a word, hence never mid-token);
+- anything else through ``field_map`` (tether name -> source field) and ``prompt_template``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.errors import DataError
+
+__all__ = [
+    "DataReport",
+    "Message",
+    "PreferenceRecord",
+    "PromptRecord",
+    "Row",
+    "Text",
+    "load_preferences",
+    "load_prompts",
+    "read_rows",
+]
+
+Message = dict[str, str]
+Text = str | list[Message]
+
+# Alpaca's prompt (Taori et al. 2023), the template Raschka's instruction data is built for.
+TEMPLATES = {
+    "alpaca": (
+        "Below is an instruction that describes a task{input_clause}. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One raw row and where it came from (``file:line`` or ``dataset[row]``)."""
+
+    data: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A held-out prompt; ``row`` keeps every field (ground truth for rule judges)."""
+
+    prompt: Text
+    row: dict[str, Any]
+    source: str = ""
+
+
+@dataclass
+class DataReport:
+    """What loading did to the data, printed and saved with the run."""
+
+    path: str
+    rows: int = 0
+    kept: int = 0
+    identical_dropped: int = 0
+    format: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"{self.path}: {self.rows} rows, {self.kept} kept ({self.format})"
+        if self.identical_dropped:
+            s += f", {self.identical_dropped} dropped with chosen == rejected (no signal)"
+        return s
+
+
+# --------------------------------------------------------------------------- reading rows
+
+
+def read_rows(path: str, split: str = "train") -> list[Row]:
+    """Read raw rows from a file, a saved dataset directory, or a hub dataset id."""
+    p = Path(os.path.expanduser(path))
+    suffix = p.suffix.lower()
+    if p.is_file():
+        if suffix in (".jsonl", ".ndjson"):
+            return _read_jsonl(p)
+        if suffix == ".json":
+            return _read_json(p)
+        if suffix in (".parquet", ".csv"):
+            return _read_with_datasets(p, suffix[1:])
+        raise DataError(
+            f"{p}: unsupported file type '{suffix}'; expected .jsonl, .json, .parquet or .csv"
+        )
+    if p.is_dir():
+        return _read_saved_dataset(p, split)
+    if p.suffix or path.startswith((".", "/", "~")) or (os.sep in path and path.count("/") > 1):
+        raise DataError(f"{path}: file not found; pass a data file, a saved dataset or a hub id")
+    return _read_hub(path, split)
+
+
+def _decode(p: Path) -> str:
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{p}:{line}: invalid UTF-8 (byte {raw[e.start]:#04x}); re-encode the file as UTF-8"
+        ) from None
+
+
+def _read_jsonl(p: Path) -> list[Row]:
+    rows = []
+    for n, line in enumerate(_decode(p).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{p}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+        rows.append(Row(obj, f"{p}:{n}"))
+    return rows
+
+
+def _read_json(p: Path) -> list[Row]:
+    text = _decode(p)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(obj, dict):  # {"data": [...]} or {"train": [...]}
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{p}: expected a JSON list of rows (or an object with one list)")
+        obj = lists[0]
+    if not isinstance(obj, list):
+        raise DataError(f"{p}: expected a JSON list of rows, got {type(obj).__name__}")
+    rows = []
+    for i, item in enumerate(obj):
+        if not isinstance(item, dict):
+            raise DataError(f"{p}[{i}]: expected an object, got {type(item).__name__}")
+        rows.append(Row(item, f"{p}[{i}]"))
+    return rows
+
+
+def _dataset_rows(ds: Any, where: str, csv: bool = False) -> list[Row]:
+    # CSV rows are named by line (header = line 1, so row i is line i + 2); other sources by
+    # 0-based row index in brackets, as JSON lists are: "file:0" would read as a line number.
+    if csv:
+        return [Row(dict(r), f"{where}:{i + 2}") for i, r in enumerate(ds)]
+    return [Row(dict(r), f"{where}[{i}]") for i, r in enumerate(ds)]
+
+
+def _read_with_datasets(p: Path, kind: str) -> list[Row]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(p), split="train")
+    except Exception as e:  # datasets raises many types for unreadable files
+        raise DataError(f"{p}: cannot read as {kind} ({type(e).__name__}: {e})") from None
+    return _dataset_rows(ds, str(p), csv=kind == "csv")
+
+
+def _read_saved_dataset(p: Path, split: str) -> list[Row]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:
+        raise DataError(f"{p}: not a dataset saved with save_to_disk ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{p}: no split '{split}'; available: {', '.join(ds)} (set split=)")
+        ds = ds[split]
+    return _dataset_rows(ds, f"{p}[{split}]")
+
+
+def _read_hub(name: str, split: str) -> list[Row]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise DataError(
+            f"{name}: not a local path, and loading it as a hub dataset failed "
+            f"({type(e).__name__}); check the path, or the id and your network"
+        ) from None
+    return _dataset_rows(ds, f"{name}[{split}]")
+
+
+# --------------------------------------------------------------------------- mapping fields
+
+
+def _apply_template(template: str, data: Mapping[str, Any], source: str) -> str:
+    if template in TEMPLATES:
+        inp = str(data.get("input") or "").strip()
+        return TEMPLATES[template].format(
+            instruction=_field_text(data, "instruction", source),
+            input_clause=", paired with an input that provides further context" if inp else "",
+            input_block=f"### Input:\n{inp}\n\n" if inp else "",
+        )
+    try:
+        return template.format_map(_StrictFields(data, source))
+    except (IndexError, ValueError) as e:
+        raise DataError(f"prompt_template: cannot format ({e}); use {{field}} names") from None
+
+
+class _StrictFields(dict[str, Any]):
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        super().__init__(data)
+        self.source = source
+
+    def __missing__(self, key: str) -> str:
+        raise DataError(f"{self.source}: field '{key}' (used by prompt_template) is missing")
+
+
+def _field_text(data: Mapping[str, Any], name: str, source: str) -> str:
+    if name not in data:
+        raise DataError(f"{source}: missing field '{name}'")
+    v = data[name]
+    if not isinstance(v, str):
+        raise DataError(f"{source}: field '{name}' must be a string, got {type(v).__name__}")
+    return v
+
+
+def _mapped(row: Row, field_map: Mapping[str, str] | None, template: str | None) -> dict[str, Any]:
+    data = dict(row.data)
+    for target, src in (field_map or {}).items():
+        if src not in row.data:
+            raise DataError(
+                f"{row.source}: missing field '{src}' (mapped to '{target}' by field_map)"
+            )
+        data[target] = row.data[src]
+    if template is not None:
+        data["prompt"] = _apply_template(template, row.data, row.source)
+    return data
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_text(value: Any, name: str, source: str, allow_empty: bool = False) -> Text:
+    """A string or a list of {role, content} messages; raises with file:line and field."""
+    if isinstance(value, str):
+        if not value.strip() and not allow_empty:
+            raise DataError(f"{source}: field '{name}' is empty; remove the row or fill it in")
+        return value
+    if isinstance(value, list):
+        if not value and not allow_empty:
+            raise DataError(f"{source}: field '{name}' is an empty list of messages")
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
+                m.get("content"), str
+            ):
+                raise DataError(
+                    f"{source}: field '{name}[{i}]' must be a {{'role': str, 'content': str}} "
+                    "message"
+                )
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise DataError(
+        f"{source}: field '{name}' must be a string or a list of messages, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _detect(data: Mapping[str, Any], source: str) -> str:
+    if "chosen" not in data or "rejected" not in data:
+        missing = [k for k in ("chosen", "rejected") if k not in data]
+        raise DataError(
+            f"{source}: missing field '{missing[0]}'; expected prompt/chosen/rejected "
+            "(or use field_map, e.g. field_map.chosen=output)"
+        )
+    if "prompt" in data:
+        return "conversational" if isinstance(data["chosen"], list) else "standard"
+    return "implicit"
+
+
+def _shared_prefix(chosen: Text, rejected: Text, source: str) -> tuple[Text, Text, Text]:
+    """Split two full conversations (or texts) into (prompt, chosen, rejected)."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        # The prompt must end before an assistant turn: back off to the last non-assistant turn.
+        while n > 0 and chosen[n - 1]["role"] == "assistant":
+            n -= 1
+        if n == 0 or n >= min(len(chosen), len(rejected)):
+            raise DataError(
+                f"{source}: chosen and rejected share no prompt turns (implicit format)"
+            )
+        return chosen[:n], chosen[n:], rejected[n:]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        common = os.path.commonprefix([chosen, rejected])
+        # HH-style text marks turns with "Assistant:": cut right after the last marker of the
+        # shared part, so words both answers happen to start with stay in the answers.
+        marker = common.rfind("Assistant:")
+        if marker >= 0:
+            n = marker + len("Assistant:")
+        else:  # back off to a whitespace boundary: never split inside a word
+            n = len(common)
+            while n > 0 and not common[n - 1].isspace():
+                n -= 1
+        if n == 0:
+            raise DataError(f"{source}: chosen and rejected share no prompt (implicit format)")
+        return chosen[:n], chosen[n:], rejected[n:]
+    raise DataError(f"{source}: chosen and rejected must both be strings or both message lists")
+
+
+def load_preferences(
+    path: str,
+    *,
+    data_format: str = "auto",
+    field_map: Mapping[str, str] | None = None,
+    prompt_template: str | None = None,
+    split: str = "train",
+) -> tuple[list[PreferenceRecord], DataReport]:
+    """Read, map and validate preference pairs. Identical pairs are dropped and counted."""
+    rows = read_rows(path, split)
+    report = DataReport(path=path, rows=len(rows))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    records = []
+    formats = set()
+    for row in rows:
+        data = _mapped(row, field_map, prompt_template)
+        fmt = data_format if data_format != "auto" else _detect(data, row.source)
+        formats.add(fmt)
+        chosen = _check_text(data.get("chosen"), "chosen", row.source)
+        rejected = _check_text(data.get("rejected"), "rejected", row.source)
+        if fmt == "implicit":
+            prompt, chosen, rejected = _shared_prefix(chosen, rejected, row.source)
+        else:
+            if "prompt" not in data:
+                raise DataError(f"{row.source}: missing field 'prompt' ({fmt} format)")
+            prompt = _check_text(data["prompt"], "prompt", row.source)
+        if chosen == rejected:
+            report.identical_dropped += 1
+            continue
+        records.append(PreferenceRecord(prompt, chosen, rejected, row.source))
+    report.kept = len(records)
+    report.format = "/".join(sorted(formats))
+    if not records:
+        raise DataError(f"{path}: no usable pairs left (all {len(rows)} have chosen == rejected)")
+    return records, report
+
+
+def load_prompts(
+    path: str,
+    *,
+    field_map: Mapping[str, str] | None = None,
+    prompt_template: str | None = None,
+    split: str = "train",
+) -> list[PromptRecord]:
+    """Held-out prompts from prompt-only rows or full preference rows (implicit ones too)."""
+    out = []
+    for row in read_rows(path, split):
+        data = _mapped(row, field_map, prompt_template)
+        if "prompt" in data:
+            prompt = _check_text(data["prompt"], "prompt", row.source)
+        elif "chosen" in data and "rejected" in data:
+            prompt, _, _ = _shared_prefix(
+                _check_text(data["chosen"], "chosen", row.source),
+                _check_text(data["rejected"], "rejected", row.source),
+                row.source,
+            )
+        else:
+            raise DataError(f"{row.source}: missing field 'prompt'")
+        out.append(PromptRecord(prompt, dict(row.data), row.source))
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out
+
+
+def load_completions(
+    path: str,
+    *,
+    field_map: Mapping[str, str] | None = None,
+    prompt_template: str | None = None,
+    split: str = "train",
+) -> list[PreferenceRecord]:
+    """SFT rows: ``prompt`` + ``completion`` (or ``chosen``), or ``messages`` conversations.
+
+    Returned as records with an empty ``rejected`` so tokenization is shared with pairs.
+    """
+    out = []
+    for row in read_rows(path, split):
+        data = _mapped(row, field_map, prompt_template)
+        if "messages" in data and "prompt" not in data:
+            msgs = _check_text(data["messages"], "messages", row.source)
+            assert isinstance(msgs, list)
+            k = max((i for i, m in enumerate(msgs) if m["role"] != "assistant"), default=-1) + 1
+            if k == 0 or k == len(msgs):
+                raise DataError(
+                    f"{row.source}: field 'messages' must end with assistant turn(s) after a prompt"
+                )
+            prompt: Text = msgs[:k]
+            completion: Text = msgs[k:]
+        else:
+            name = "completion" if "completion" in data else "chosen"
+            if name not in data:
+                raise DataError(f"{row.source}: missing field 'completion' (or 'chosen')")
+            if "prompt" not in data:
+                raise DataError(f"{row.source}: missing field 'prompt'")
+            prompt = _check_text(data["prompt"], "prompt", row.source)
+            completion = _check_text(data[name], name, row.source)
+        out.append(PreferenceRecord(prompt, completion, "", row.source))
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out
+
+
+def needs_chat(records: Sequence[PreferenceRecord]) -> bool:
+    """True when the rows are conversations (the chat template then applies)."""
+    return bool(records) and isinstance(records[0].prompt, list)

@@ -1,0 +1,121 @@
+"""Loading and saving models and tokenizers, devices and dtypes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from tether.errors import ModelError
+
+__all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "save_model"]
+
+log = logging.getLogger("tether")
+hf_logging.disable_progress_bar()
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"device: unknown '{name}'; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device: '{name}' asked for, but no CUDA GPU is visible; use device=cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it, fp32 elsewhere (CPU training stays fp32)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return _DTYPES[name]
+
+
+def _exists_or_hub_id(name: str, what: str) -> None:
+    p = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or p.suffix != "" or name.count("/") > 1
+    if looks_local and not p.exists():
+        raise ModelError(f"{what}: '{name}' does not exist; pass a model directory or a hub id")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, *, field: str = "tokenizer") -> Any:
+    """Load a tokenizer; one without a pad token gets EOS as pad (logged).
+
+    ``field`` is the config key errors name: ``model`` when the tokenizer comes from the model.
+    """
+    _exists_or_hub_id(name, field)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(Path(name).expanduser()) if Path(name).expanduser().exists() else name,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).splitlines()[0]
+        raise ModelError(f"{field}: cannot load a tokenizer from '{name}' ({first})") from None
+    if tok.eos_token_id is None:
+        raise ModelError(
+            f"{field}: tokenizer '{name}' has no EOS token; set eos_token in its config"
+        )
+    if tok.pad_token_id is None:
+        log.warning("tokenizer %s has no pad token: using EOS (%r) to pad", name, tok.eos_token)
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it)."""
+    _exists_or_hub_id(name, "model")
+    path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        for key, value in config.to_dict().items():
+            # attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, ...
+            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+                setattr(config, key, 0.0)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None
+    disable_dropout(model)
+    return model.to(device)  # type: ignore[arg-type]
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def save_model(model: PreTrainedModel, tokenizer: Any, out: Path) -> None:
+    """``save_pretrained`` (safetensors) plus the tokenizer: loadable without tether.
+
+    Written beside ``out`` and renamed into place, so a crash never leaves a half model there.
+    """
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

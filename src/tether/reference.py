@@ -1,0 +1,167 @@
+"""Reference strategies: where log π_ref(y|x) comes from.
+
+- ``precomputed``: one inference pass of the frozen reference (the policy before training)
+  over the training and eval rows; cached on disk as safetensors keyed by the weights, the
+  token ids and the settings, so a second run with the same inputs reads the cache. No second
+  model is in memory while training.
+- ``copy``: a frozen in-memory copy in the policy's dtype, scored batch by batch.
+- ``none``: reference-free objectives (SimPO, ORPO, RRHF, SFT).
+- ``lora`` (PEFT adapters disabled) plugs in here with the same ``__call__``.
+
+Every strategy returns per-sequence *sums* and the loop applies per-token averaging, so the
+cache does not depend on ``length_normalize``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from tether.batching import PreferenceBatch, collate
+from tether.logprobs import sequence_logps
+from tether.tokenization import TokenizedPair
+
+__all__ = ["FrozenCopy", "Precomputed", "Reference", "data_fingerprint", "weights_fingerprint"]
+
+log = logging.getLogger("tether")
+
+
+class Reference(Protocol):
+    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
+        """Reference log-prob sums of the batch's chosen and rejected rows, ``(B,)`` each."""
+        ...
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
+    """SHA-256 over every field of every row but its source (labels, weights, all responses)."""
+    h = hashlib.sha256()
+    for r in rows:
+        fields = {k: v for k, v in dataclasses.asdict(r).items() if k != "source"}
+        h.update(json.dumps(fields, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def score_rows(
+    model: nn.Module,
+    rows: Sequence[TokenizedPair],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    chunk: int,
+    autocast: bool = False,
+    desc: str = "reference",
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Log-prob sums of every row's chosen and rejected completion, ``(N,)`` each, fp32."""
+    was_training = model.training
+    model.eval()
+    chosen = torch.zeros(len(rows))
+    rejected = torch.zeros(len(rows))
+    order = sorted(range(len(rows)), key=lambda i: rows[i].length)  # little padding
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        idx = order[s : s + batch_size]
+        b = collate([rows[i] for i in idx], idx, pad_id).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            sums, _ = sequence_logps(
+                model, b.input_ids, b.attention_mask, b.completion_mask, chunk
+            )
+        chosen[idx] = sums[: b.pairs].float().cpu()
+        rejected[idx] = sums[b.pairs :].float().cpu()
+    model.train(was_training)
+    return chosen, rejected
+
+
+class Precomputed:
+    """Reference log-probs looked up by row index; computed once and cached on disk."""
+
+    def __init__(self, table: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        self.table = table
+        self.cache_hits = 0
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        splits: Mapping[str, Sequence[TokenizedPair]],
+        *,
+        pad_id: int,
+        batch_size: int,
+        device: torch.device,
+        chunk: int,
+        cache_dir: Path,
+        settings: Mapping[str, object],
+        autocast: bool = False,
+        progress: bool = True,
+    ) -> Precomputed:
+        weights = weights_fingerprint(model)
+        table, hits = {}, 0
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for split, rows in splits.items():
+            key = hashlib.sha256(
+                json.dumps([weights, data_fingerprint(rows), dict(settings)], default=str).encode()
+            ).hexdigest()[:32]
+            path = cache_dir / f"ref-{key}.safetensors"
+            if path.exists():
+                t = load_file(path)
+                table[split] = (t["chosen"], t["rejected"])
+                hits += 1
+                log.info("reference log-probs for %s read from cache %s", split, path)
+                continue
+            c, r = score_rows(
+                model, rows, pad_id, batch_size, device, chunk, autocast, f"reference ({split})",
+                progress,
+            )
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file({"chosen": c.contiguous(), "rejected": r.contiguous()}, str(tmp))
+            os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+            table[split] = (c, r)
+        out = cls(table)
+        out.cache_hits = hits
+        return out
+
+    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
+        c, r = self.table[split]
+        idx = batch.index.cpu()
+        return c[idx].to(batch.input_ids.device), r[idx].to(batch.input_ids.device)
+
+
+class FrozenCopy:
+    """A frozen copy of the policy at its start, in the policy's own dtype and device."""
+
+    def __init__(self, policy: nn.Module, chunk: int, autocast: bool = False) -> None:
+        self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.chunk = chunk
+        self.autocast = autocast
+
+    @torch.inference_mode()
+    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
+        dev = batch.input_ids.device
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            sums, _ = sequence_logps(
+                self.model, batch.input_ids, batch.attention_mask, batch.completion_mask, self.chunk
+            )
+        return sums[: batch.pairs].clone(), sums[batch.pairs :].clone()

@@ -1,0 +1,181 @@
+"""Records -> token ids with an exact prompt/completion boundary, EOS once, audited truncation.
+
+Policy, stated once:
+- The completion's tokens are scored, the prompt's are not. The boundary is found in token
+  space: prompt+completion is tokenized as a whole and the prompt's own tokens must be its
+  prefix; when a tokenizer merges across the boundary they are not, and the completion is
+  re-tokenized on its own (counted as ``retokenized``), never silently shifted.
+- Each completion ends with EOS exactly once (chat templates that already close the turn with
+  EOS are not doubled; whitespace a template adds after EOS is cut).
+- ``max_prompt_length`` keeps the prompt's END (and its BOS); ``max_length`` then keeps the
+  completion's START. A row whose completion would become empty is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from tether.data import Message, PreferenceRecord, Text
+from tether.errors import DataError
+
+__all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "tokenize_records", "use_chat"]
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Token ids of one row; ``rejected`` is empty for SFT rows."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    source: str = ""
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + max(len(self.chosen), len(self.rejected))
+
+    @property
+    def completions(self) -> list[list[int]]:
+        """The completions a batch scores for this row, in column order (chosen, rejected)."""
+        return [self.chosen, self.rejected] if self.rejected else [self.chosen]
+
+
+@dataclass
+class TruncationAudit:
+    rows: int = 0
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    dropped: int = 0
+    tokens_lost: int = 0
+    retokenized: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"truncation: {self.prompts_truncated} prompts and {self.completions_truncated} "
+            f"completions truncated of {self.rows} rows, {self.tokens_lost} tokens lost, "
+            f"{self.dropped} rows dropped (no room for the completion), "
+            f"{self.retokenized} boundaries re-tokenized"
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def use_chat(tokenizer: Any, mode: Literal["auto", "on", "off"], conversational: bool) -> bool:
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if mode == "on" and not has:
+        raise DataError("chat_template=on, but the tokenizer has no chat template; use off")
+    return mode == "on" or (mode == "auto" and has and conversational)
+
+
+def _as_messages(text: Text, role: str) -> list[Message]:
+    return text if isinstance(text, list) else [{"role": role, "content": text}]
+
+
+def _plain(text: Text, prompt: bool) -> str:
+    """Messages without a chat template: 'role: content' lines; prompts end on 'assistant: '."""
+    if isinstance(text, str):
+        return text
+    if prompt:
+        return "".join(f"{m['role']}: {m['content']}\n" for m in text) + "assistant: "
+    return "\n".join(m["content"] for m in text)
+
+
+def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple[str, str, bool]:
+    """(prompt text, prompt+completion text, add special tokens when encoding)."""
+    if chat:
+        p = _as_messages(prompt, "user")
+        c = _as_messages(completion, "assistant")
+        ptext = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(p + c, tokenize=False)
+        if not full.startswith(ptext):
+            raise DataError(
+                "chat template renders the prompt differently with and without the answer; "
+                "use chat_template=off or a template whose generation prompt is a prefix"
+            )
+        return ptext, full, False  # templates write their own BOS
+    ptext = _plain(prompt, prompt=True)
+    return ptext, ptext + _plain(completion, prompt=False), True
+
+
+def prompt_ids(tokenizer: Any, prompt: Text, chat: bool) -> list[int]:
+    """The prompt's token ids exactly as training sees them (generation starts from these)."""
+    if chat:
+        text = tokenizer.apply_chat_template(
+            _as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True
+        )
+        return _ids(tokenizer, text, False)
+    return _ids(tokenizer, _plain(prompt, prompt=True), True)
+
+
+def _completion_ids(
+    tokenizer: Any, prompt: Text, completion: Text, chat: bool, audit: TruncationAudit
+) -> tuple[list[int], list[int]]:
+    ptext, full, special = _render(tokenizer, prompt, completion, chat)
+    p_ids = _ids(tokenizer, ptext, special)
+    full_ids = _ids(tokenizer, full, special)
+    if full_ids[: len(p_ids)] == p_ids:
+        c_ids = full_ids[len(p_ids) :]
+    else:  # a merge across the boundary: score the completion as generation would produce it
+        audit.retokenized += 1
+        c_ids = _ids(tokenizer, full[len(ptext) :], False)
+    return p_ids, _end_with_eos(tokenizer, c_ids)
+
+
+def _end_with_eos(tokenizer: Any, ids: list[int]) -> list[int]:
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        last = len(ids) - 1 - ids[::-1].index(eos)
+        tail = ids[last + 1 :]
+        if not tail or not tokenizer.decode(tail).strip():
+            ids = ids[: last + 1]  # drop the newline a chat template puts after end-of-turn
+    while len(ids) >= 2 and ids[-1] == eos and ids[-2] == eos:
+        ids = ids[:-1]
+    if not ids or ids[-1] != eos:
+        ids = [*ids, eos]
+    return ids
+
+
+def tokenize_records(
+    tokenizer: Any,
+    records: Sequence[PreferenceRecord],
+    *,
+    chat: bool,
+    max_length: int,
+    max_prompt_length: int | None = None,
+) -> tuple[list[TokenizedPair], TruncationAudit]:
+    """Tokenize rows (pairs, or SFT rows with empty ``rejected``) under the stated policy."""
+    audit = TruncationAudit(rows=len(records))
+    out = []
+    for rec in records:
+        try:
+            p_ids, chosen = _completion_ids(tokenizer, rec.prompt, rec.chosen, chat, audit)
+            rejected: list[int] = []
+            if rec.rejected:
+                _, rejected = _completion_ids(tokenizer, rec.prompt, rec.rejected, chat, audit)
+        except DataError as e:
+            raise DataError(f"{rec.source}: {e}") from None
+        if max_prompt_length is not None and len(p_ids) > max_prompt_length:
+            keep_bos = p_ids[0] == tokenizer.bos_token_id
+            tail = p_ids[len(p_ids) - max_prompt_length + keep_bos :]
+            audit.tokens_lost += len(p_ids) - max_prompt_length
+            p_ids = [p_ids[0], *tail] if keep_bos else tail
+            audit.prompts_truncated += 1
+        room = max_length - len(p_ids)
+        if room < 1:
+            audit.dropped += 1
+            audit.tokens_lost += len(p_ids) + len(chosen) + len(rejected)
+            continue
+        cut = [c for c in (chosen, rejected) if len(c) > room]
+        if cut:
+            audit.completions_truncated += 1
+            audit.tokens_lost += sum(len(c) - room for c in cut)
+            chosen, rejected = chosen[:room], rejected[:room]
+        out.append(TokenizedPair(p_ids, chosen, rejected, rec.source))
+    return out, audit

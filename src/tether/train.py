@@ -1,0 +1,440 @@
+"""``train(cfg)`` and ``sft(cfg)``: the one training loop, set-up helpers around it.
+
+Read ``_loop`` top to bottom: it is the whole procedure. Strategy choices (which reference,
+which data shape) are made in ``_setup`` before the loop starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from tether.batching import PreferenceBatch, collate, micro_batches, step_batches
+from tether.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from tether.config import TrainConfig
+from tether.data import load_completions, load_preferences, needs_chat
+from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
+from tether.logprobs import sequence_logps
+from tether.losses import LOSS_SPECS, LossOutput, call_loss, loss_config
+from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
+from tether.reference import FrozenCopy, Precomputed, Reference, data_fingerprint
+from tether.runs import RunDir
+from tether.shapes import load_shaped
+from tether.steps import RankedPrecomputed, objective_step
+from tether.tokenization import TokenizedPair, tokenize_records, use_chat
+
+__all__ = ["sft", "train"]
+
+log = logging.getLogger("tether")
+
+
+@dataclass
+class Setup:
+    """Everything the loop needs, decided before it starts."""
+
+    cfg: TrainConfig
+    run: RunDir
+    device: torch.device
+    autocast: bool
+    tokenizer: Any
+    policy: torch.nn.Module
+    reference: Reference | None
+    train_rows: list[TokenizedPair]
+    eval_rows: list[TokenizedPair]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    total_steps: int
+    fingerprint: dict[str, Any]
+    state: LoopState
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
+    setup = _setup(cfg)
+    with StopOnSignal() as stop:
+        finished = _loop(setup, stop)
+    if finished:
+        save_model(setup.policy, setup.tokenizer, setup.run.model_dir)  # type: ignore[arg-type]
+        log.info("model saved to %s", setup.run.model_dir)
+    return setup.run.path
+
+
+def sft(cfg: TrainConfig) -> Path:
+    """Supervised fine-tuning: ``train`` with the ``sft`` loss (completion tokens only)."""
+    if cfg.loss != "sft":
+        cfg = dataclasses.replace(cfg, loss="sft")
+    return train(cfg)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _loop(s: Setup, stop: StopOnSignal) -> bool:
+    """Run to ``total_steps``; False when a signal stopped it (after a checkpoint)."""
+    cfg, policy, st = s.cfg, s.policy, s.state
+    rows_per_step = cfg.batch_size * cfg.grad_accum
+    lengths = [r.length for r in s.train_rows]
+    window: dict[str, float] = defaultdict(float)  # metric sums since the last log line
+    t_start, tokens_at_start = time.perf_counter(), st.tokens
+    bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss, disable=not cfg.progress)
+    policy.train()
+    while st.step < s.total_steps:
+        steps = step_batches(lengths, rows_per_step, st.epoch, cfg.seed, cfg.group_by_length)
+        for step_rows in steps[st.step_in_epoch :]:
+            if st.step >= s.total_steps:
+                break
+            # One optimizer step over grad_accum micro-batches; the loss is the mean over all
+            # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
+            losses = []
+            for micro in micro_batches(step_rows, cfg.grad_accum):
+                batch = collate([s.train_rows[i] for i in micro], micro, s.tokenizer.pad_token_id)
+                batch = batch.to(s.device)
+                with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+                    out, stats = _forward(s, batch, "train")
+                loss = out.losses.sum() / len(step_rows)
+                loss.backward()
+                losses.append(loss.detach())
+                _accumulate(window, stats, len(micro))
+                st.tokens += batch.tokens
+            grad_norm = _clip(policy, cfg.max_grad_norm)
+            if _finite(torch.stack(losses).sum(), grad_norm, st, cfg.max_bad_steps):
+                s.optimizer.step()
+            lr = float(s.scheduler.get_last_lr()[0])  # the rate this step used, not the next one
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+            st.step += 1
+            st.step_in_epoch += 1
+            window["grad_norm"] += grad_norm
+            window["steps"] += 1
+            bar.update(1)
+            if st.step % cfg.log_every == 0 or st.step == s.total_steps:
+                row = _log_row(window, st, lr)
+                elapsed = time.perf_counter() - t_start
+                row["tokens_per_s"] = (st.tokens - tokens_at_start) / elapsed
+                s.run.log_metrics(row)
+                st.metrics_lines += 1
+                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
+                window.clear()
+            if s.eval_rows and cfg.eval_every and st.step % cfg.eval_every == 0:
+                s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
+                st.metrics_lines += 1
+            if (cfg.save_every and st.step % cfg.save_every == 0) or stop.requested:
+                _checkpoint(s)
+            if stop.requested:
+                bar.close()
+                log.warning(
+                    "stopped by %s at step %d; checkpoint written. Resume with the same "
+                    "command plus resume=true", stop.requested, st.step,
+                )
+                return False
+        st.epoch += 1
+        st.step_in_epoch = 0
+    bar.close()
+    if s.eval_rows:
+        final = {"step": st.step, **evaluate_pairs(s)}
+        s.run.log_metrics(final)
+        log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
+    return True
+
+
+def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
+    """Policy log-probs -> reference log-probs -> loss, and the per-row statistics."""
+    cfg = s.cfg
+    logps, counts = sequence_logps(
+        s.policy, batch.input_ids, batch.attention_mask, batch.completion_mask, cfg.logprob_chunk
+    )  # (2B,) sums over completion tokens, (2B,) token counts
+    if LOSS_SPECS[cfg.loss].data == "completions":
+        out = call_loss(cfg.loss, logps, counts)
+        return out, {"loss": out.losses.detach(), "logps/chosen": logps.detach()}
+    ref = s.reference(batch, split) if s.reference is not None else None
+    rows = s.train_rows if split == "train" else s.eval_rows
+    batch_rows = [rows[i] for i in batch.index.tolist()]
+    # the objective's shape decides the layout; beta defaults, length_normalize, nll_weight
+    out, stats = objective_step(loss_config(cfg), batch_rows, logps, counts, ref)
+    return out, stats
+
+
+@torch.no_grad()
+def evaluate_pairs(s: Setup) -> dict[str, float]:
+    """Loss, reward accuracy and margins on the eval rows (policy in eval mode)."""
+    s.policy.eval()
+    window: dict[str, float] = defaultdict(float)
+    idx = list(range(len(s.eval_rows)))
+    for start in range(0, len(idx), s.cfg.eval_batch_size):
+        chunk = idx[start : start + s.cfg.eval_batch_size]
+        batch = collate([s.eval_rows[i] for i in chunk], chunk, s.tokenizer.pad_token_id)
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+            _, stats = _forward(s, batch.to(s.device), "eval")
+        _accumulate(window, stats, len(chunk))
+    s.policy.train()
+    return {f"eval/{k}": v for k, v in _means(window).items()}
+
+
+def _accumulate(window: dict[str, float], stats: dict[str, Tensor], rows: int) -> None:
+    """Sum each per-row statistic over the rows where it is defined (not NaN), and count them
+    (KTO's chosen rewards exist only on desirable rows)."""
+    for k, v in stats.items():
+        v = v.detach().float().reshape(-1)
+        defined = ~torch.isnan(v)
+        window[k] += float(v[defined].sum())
+        window[f"{k}#rows"] += int(defined.sum())
+    window["rows"] += rows
+
+
+def _means(window: dict[str, float]) -> dict[str, float]:
+    """Each accumulated statistic over the rows it was defined on."""
+    return {k: v / max(1, window[f"{k}#rows"]) for k, v in window.items()
+            if not k.endswith("#rows") and f"{k}#rows" in window}
+
+
+def _log_row(window: dict[str, float], st: LoopState, lr: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lr}
+    row.update(_means(window))
+    row["grad_norm"] = window["grad_norm"] / window["steps"]
+    row["skipped_steps"] = st.skipped_steps
+    return row
+
+
+def _finite(loss: Tensor, grad_norm: float, st: LoopState, max_bad: int) -> bool:
+    """Numeric guard: a non-finite loss or gradient skips the step; too many in a row abort."""
+    if math.isfinite(float(loss)) and math.isfinite(grad_norm):
+        st.bad_steps = 0
+        return True
+    st.bad_steps += 1
+    st.skipped_steps += 1
+    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
+                st.step + 1, st.bad_steps)
+    if st.bad_steps >= max_bad:
+        raise TrainingError(
+            f"step {st.step + 1}: loss or gradient non-finite for {st.bad_steps} steps in a row "
+            "(max_bad_steps); lower lr, check the data, or use dtype=float32"
+        )
+    return False
+
+
+def _checkpoint(s: Setup) -> None:
+    path = save_checkpoint(s.run.path, s.policy, s.optimizer, s.scheduler, s.state,
+                           s.fingerprint, s.cfg.keep_checkpoints)
+    log.info("checkpoint %s", path)
+
+
+class StopOnSignal:
+    """SIGTERM/SIGINT ask the loop to finish its step, checkpoint and return; a second
+    SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.stack([p.grad.detach().float().norm() for p in params]).norm())  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _setup(cfg: TrainConfig) -> Setup:
+    seed_everything(cfg.seed)
+    spec = LOSS_SPECS[cfg.loss]
+    reference_kind = cfg.reference
+    if reference_kind == "auto":
+        reference_kind = "precomputed" if spec.needs_reference else "none"
+    if spec.needs_reference and reference_kind == "none":
+        raise ConfigError(
+            f"reference: loss '{cfg.loss}' needs a reference; use precomputed or copy"
+        )
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    autocast = _autocast(cfg.autocast, device, dtype)
+    run = RunDir.create(cfg.output_dir, cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
+                               field="tokenizer" if cfg.tokenizer else "model")
+    train_rows, eval_rows = _load_rows(cfg, tokenizer, run)
+    policy = load_model(
+        cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code
+    )
+    reference = None
+    if spec.needs_reference:
+        splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
+        reference = _build_reference(cfg, reference_kind, policy, splits, tokenizer.pad_token_id,
+                                     device, dtype, autocast)
+    steps_per_epoch = max(1, len(train_rows) // (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+        betas=(cfg.adam_betas[0], cfg.adam_betas[1]), weight_decay=cfg.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
+    )
+    fingerprint = _fingerprint(cfg, train_rows)
+    state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
+    return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
+                 optimizer, scheduler, total, fingerprint, state)
+
+
+def _build_reference(
+    cfg: TrainConfig, kind: str, policy: torch.nn.Module,
+    splits: dict[str, list[TokenizedPair]], pad_id: int, device: torch.device,
+    dtype: torch.dtype, autocast: bool,
+) -> Reference:
+    """The reference strategy; its model is the policy's start unless ``reference_model``."""
+    if kind == "lora":
+        raise ConfigError("reference: 'lora' needs lora=true (LoRA support is not in this build)")
+    model = policy
+    if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
+        model = load_model(cfg.reference_model, dtype=dtype, device=device,
+                           trust_remote_code=cfg.trust_remote_code)
+    if kind == "copy":
+        return FrozenCopy(model, cfg.logprob_chunk, autocast)
+    common = {"pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
+              "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress}
+    if LOSS_SPECS[cfg.loss].data == "ranked":
+        return RankedPrecomputed.build(model, splits, **common)  # type: ignore[arg-type]
+    settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
+    return Precomputed.build(
+        model, splits, cache_dir=Path(cfg.cache_dir).expanduser() / "reference",
+        settings=settings, **common,  # type: ignore[arg-type]
+    )
+
+
+# Keys that may change between a run and its resumption; every other key must match.
+# max_steps/epochs may grow to extend a run (the learning-rate schedule then follows the new
+# length, so only an unchanged length reproduces the uninterrupted run bit for bit).
+_RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
+                   "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
+                   "eval_data", "max_steps", "epochs"}
+
+
+def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair]) -> dict[str, Any]:
+    fp = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_KEYS}
+    fp["train_rows_sha256"] = data_fingerprint(rows)
+    return json.loads(json.dumps(fp))  # as it reads back from JSON
+
+
+def _resume(
+    cfg: TrainConfig, run: RunDir, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict[str, Any],
+) -> LoopState:
+    """Continue from the newest complete checkpoint when asked; else start fresh."""
+    path = latest_checkpoint(run.path) if cfg.resume else None
+    if path is None:
+        if cfg.resume is True:
+            raise CheckpointError(
+                f"{run.path}/checkpoints: no complete checkpoint to resume; use resume=auto "
+                "to start fresh when there is none"
+            )
+        if run.metrics_path.exists():
+            run.metrics_path.unlink()  # a fresh run in an old directory starts a new log
+        return LoopState()
+    state = load_checkpoint(path, policy, optimizer, scheduler, fingerprint)
+    run.truncate_metrics(state.metrics_lines)  # steps after the checkpoint are logged again
+    log.info("resumed from %s (step %d)", path, state.step)
+    return state
+
+
+def _lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return max(0.0, 1 - progress)
+
+
+def _autocast(mode: str, device: torch.device, dtype: torch.dtype) -> bool:
+    if mode == "off" or dtype != torch.float32:
+        return False
+    if mode == "on":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() == "AVX512")
+
+
+def _load_rows(
+    cfg: TrainConfig, tokenizer: Any, run: RunDir
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """Read, validate and tokenize train (and eval) rows; print and save what was dropped."""
+    kwargs = {"field_map": cfg.field_map, "prompt_template": cfg.prompt_template,
+              "split": cfg.split}
+    audit: dict[str, Any] = {}
+    out: list[list[TokenizedPair]] = []
+    for name, path in (("train", cfg.data), ("eval", cfg.eval_data)):
+        if path is None:
+            out.append([])
+            continue
+        shaped = load_shaped(cfg, path, tokenizer)
+        if shaped is not None:  # unpaired (KTO) or ranked rows: see tether.shapes
+            rows, trunc, report, chat = shaped
+            log.info("%s", report.summary() + "".join(f"; {n}" for n in report.notes))
+            log.info("%s %s", name, trunc.summary())
+            audit.update({f"{name}_data": dataclasses.asdict(report),
+                          f"{name}_truncation": trunc.as_dict(), f"{name}_chat_template": chat})
+            out.append(rows)
+            continue
+        if LOSS_SPECS[cfg.loss].data == "completions":
+            records = load_completions(path, **kwargs)  # type: ignore[arg-type]
+        else:
+            records, report = load_preferences(path, data_format=cfg.data_format, **kwargs)  # type: ignore[arg-type]
+            log.info("%s", report.summary())
+            audit[f"{name}_data"] = dataclasses.asdict(report)
+        chat = use_chat(tokenizer, cfg.chat_template, needs_chat(records))
+        rows, trunc = tokenize_records(
+            tokenizer, records, chat=chat, max_length=cfg.max_length,
+            max_prompt_length=cfg.max_prompt_length,
+        )
+        log.info("%s %s", name, trunc.summary())
+        audit[f"{name}_truncation"] = trunc.as_dict()
+        audit[f"{name}_chat_template"] = chat
+        if not rows:
+            raise DataError(
+                f"{path}: no rows left after truncation ({trunc.dropped} dropped: prompts "
+                f"longer than max_length={cfg.max_length}); raise max_length or set "
+                "max_prompt_length"
+            )
+        out.append(rows)
+    run.write_json("data_audit.json", audit)
+    return out[0], out[1]
