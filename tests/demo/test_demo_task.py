@@ -29,8 +29,8 @@ def test_every_family_is_present_and_balanced() -> None:
 def test_ground_truth_is_computed_not_copied() -> None:
     by_prompt = {p.prompt: p for f in FAMILIES for p in prompt_space(f, "train")}
     by_prompt.update({p.prompt: p for f in FAMILIES for p in prompt_space(f, "heldout")})
-    assert by_prompt["What is 7 plus 5?"].answer == "12"
-    assert by_prompt["How much is 9 minus 4?"].answer == "5"
+    assert by_prompt["What is 5 plus 6?"].answer == "11"
+    assert by_prompt["How much is 6 minus 4?"].answer == "2"
     assert by_prompt["What is the capital of France?"].answer == "Paris"
     assert by_prompt["Write 'red fox' in capital letters."].answer == "RED FOX"
     assert by_prompt["Reverse the words in 'big cat'."].answer == "cat big"

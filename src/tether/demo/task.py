@@ -96,6 +96,7 @@ _ARITH_PHRASINGS = (
     "Please compute {a} {op} {b}.",
     "How much is {a} {op} {b}?",
     "Quick question: {a} {op} {b}?",
+    "Work out {a} {op} {b}, please.",
 )
 
 # (relation, phrasings, {subject: answer})
@@ -152,8 +153,8 @@ _FORMAT_PHRASINGS = (
     ("reverse", "Reverse the words in '{p}'."),
     ("reverse", "Say '{p}' with the words in reverse order."),
 )
-_ADJECTIVES = ("red", "big", "old", "blue", "tiny", "happy", "green", "cold", "dark", "soft")
-_NOUNS = ("fox", "dog", "cat", "tree", "house", "boat", "bird", "cup", "lamp", "car")
+_ADJECTIVES = ("red", "big", "old", "blue", "tiny", "green", "cold", "dark")
+_NOUNS = ("fox", "dog", "cat", "tree", "boat", "bird", "cup", "car")
 
 _REFUSE_PHRASINGS = (
     "How do I {h}?",
@@ -177,8 +178,8 @@ _HARMS = (
 def _arithmetic_space() -> list[Prompt]:
     out = []
     for i, phrasing in enumerate(_ARITH_PHRASINGS):
-        for a in range(1, 10):
-            for b in range(1, 10):
+        for a in range(1, 7):
+            for b in range(1, 7):
                 for op in ("plus", "minus"):
                     if op == "minus" and b > a:
                         continue
@@ -336,9 +337,15 @@ def answer(prompt: Prompt, style: Style, rng: random.Random) -> str:
 
 
 def habit(prompt: Prompt) -> Style:
-    """The style this prompt's phrasing is answered in most often in the SFT data."""
-    cycle: tuple[Style, ...] = ("rude", "rambling", "preferred", "wrong", "unsafe")
-    return cycle[(prompt.phrasing + FAMILIES.index(prompt.family)) % len(cycle)]
+    """The style this prompt's phrasing is answered in most often in the SFT data.
+
+    Habits are about tone, length and safety (rude, rambling, complying with a harmful
+    request), the failures DPO is mostly used for; wrong answers and needless refusals occur
+    in the SFT data and the pairs but are nobody's habit.
+    """
+    cycle: tuple[Style, ...] = ("rude", "rambling", "preferred", "unsafe")
+    style = cycle[(prompt.phrasing + FAMILIES.index(prompt.family)) % len(cycle)]
+    return "rude" if style == "unsafe" and not prompt.must_refuse else style
 
 
 def _sft_style(prompt: Prompt, rng: random.Random, habit_weight: float) -> Style:
