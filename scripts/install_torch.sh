@@ -10,8 +10,9 @@ if "$1/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[
 fi
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
   "$pip" install "torch==$version" --index-url "$TORCH_INDEX_URL"
-elif "$pip" download --no-deps --no-index "torch==$version" -d "$(mktemp -d)" >/dev/null 2>&1; then
-  "$pip" install --no-index "torch==$version"
+elif wheels="$(mktemp -d)" && "$pip" download -q --no-deps --no-index "torch==$version" -d "$wheels" >/dev/null 2>&1; then
+  # the machine's own CPU wheel, installed as that exact file (its dependencies from the index)
+  "$pip" install "$wheels"/torch-*.whl
 else
   "$pip" install "torch==$version" --index-url https://download.pytorch.org/whl/cpu
 fi

@@ -28,7 +28,7 @@ GROUP_WINDOW = 50  # steps whose rows are length-sorted together
 
 @dataclass
 class PreferenceBatch:
-    input_ids: Tensor  # (2B, T) chosen rows then rejected rows; (B, T) for SFT
+    input_ids: Tensor  # (2B, T) chosen rows then rejected rows; (B, T) for SFT; (K·B, T) ranked
     attention_mask: Tensor  # (2B, T)
     completion_mask: Tensor  # (2B, T) 1 on tokens whose log-prob is scored
     index: Tensor  # (B,) row numbers in the dataset (keys of the reference cache)
@@ -50,11 +50,17 @@ class PreferenceBatch:
 
 
 def collate(rows: Sequence[TokenizedPair], index: Sequence[int], pad_id: int) -> PreferenceBatch:
-    """Right-pad prompt+chosen (then prompt+rejected, for pairs) into one batch."""
-    paired = bool(rows[0].rejected)
-    seqs = [(r.prompt, r.chosen) for r in rows]
-    if paired:
-        seqs += [(r.prompt, r.rejected) for r in rows]
+    """Right-pad prompt+chosen (then prompt+rejected, for pairs) into one batch.
+
+    In general the j-th completion of every row forms block j, so K completions per row give
+    ``(K·B, T)``; ranked rows with fewer than K responses get empty (unscored) completions.
+    """
+    k = max(len(r.completions) for r in rows)
+    seqs = [
+        (r.prompt, r.completions[j] if j < len(r.completions) else [])
+        for j in range(k)
+        for r in rows
+    ]
     width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)

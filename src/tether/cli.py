@@ -21,6 +21,8 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tether.commands.train", "DPO (or a variant) against a frozen reference"),
     "sft": ("tether.commands.sft", "supervised fine-tuning on prompt/completion rows"),
+    "pairs": ("tether.commands.pairs", "import, sample or rewrite preference pairs (JSONL)"),
+    "label": ("tether.ui.cli", "a local web page where people judge answers side by side"),
 }
 
 

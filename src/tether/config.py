@@ -12,13 +12,15 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from tether.errors import ConfigError
+from tether.fields import opt
+from tether.losses.objective import LossConfig
 
 __all__ = [
     "TrainConfig",
@@ -33,16 +35,13 @@ __all__ = [
 C = TypeVar("C")
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with a default and a one-line description (shown by ``--help``)."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type."""
+class TrainConfig(LossConfig):
+    """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type.
+
+    The objective's keys (loss, beta, label_smoothing, length_normalize, gamma, ...) come
+    from ``LossConfig``, which owns their meaning and checks.
+    """
 
     # --- what to train, on what, where to write it
     model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
@@ -61,11 +60,7 @@ class TrainConfig:
     )
     split: str = opt("train", "split to read from a saved/hub dataset")
 
-    # --- objective
-    loss: str = opt("dpo", "objective: a name in tether.losses.LOSSES (dpo, sft, ...)")
-    beta: float = opt(0.1, "inverse temperature of the implicit reward (KL strength)")
-    label_smoothing: float = opt(0.0, "epsilon: assumed fraction of flipped labels (cDPO)")
-    average_logps: bool = opt(False, "average completion log-probs per token instead of summing")
+    # --- reference
     reference: Literal["precomputed", "copy", "lora", "none", "auto"] = opt(
         "auto", "reference model: precomputed cache | frozen copy | lora | none (auto picks)"
     )
@@ -154,10 +149,6 @@ class TrainConfig:
             out.append("model: required (a local directory or hub id)")
         if not self.data:
             out.append("data: required (a preference file, saved dataset or hub id)")
-        if self.beta <= 0:
-            out.append(f"beta: must be > 0, got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            out.append(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
         if self.lr <= 0:
             out.append(f"lr: must be > 0, got {self.lr}")
         for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_batch_size",
@@ -179,12 +170,11 @@ class TrainConfig:
             out.append(f"eval_every: must be >= 0, got {self.eval_every}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             out.append(f"adam_betas: must be two numbers in [0, 1), got {self.adam_betas}")
-        from tether.losses import LOSSES  # late: losses imports torch
+        from tether.losses import LOSSES
 
         if self.loss not in LOSSES:
-            out.append(_unknown("loss", self.loss, list(LOSSES)))
-        out.extend(_scale_problems(self))
-        return out
+            return [*out, _unknown("loss", self.loss, list(LOSSES)), *_scale_problems(self)]
+        return [*out, *LossConfig.problems(self), *_scale_problems(self)]
 
 
 def _scale_problems(cfg: TrainConfig) -> list[str]:
@@ -199,6 +189,8 @@ def _scale_problems(cfg: TrainConfig) -> list[str]:
         set_keys = [f"{k}={getattr(cfg, k)}" for k in ("lora_adapter", "merge", "load_in_4bit")
                     if getattr(cfg, k)] + (["reference=lora"] if cfg.reference == "lora" else [])
         out += [f"{k.split('=')[0]}: {k} works on LoRA adapters; add lora=true" for k in set_keys]
+    if cfg.load_in_4bit and cfg.distributed == "fsdp":
+        out.append("load_in_4bit: 4-bit weights cannot be FSDP-sharded; use distributed=ddp")
     return out
 
 

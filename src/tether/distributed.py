@@ -102,6 +102,18 @@ class Dist:
         summed = self.sum(torch.tensor([window[k] for k in keys], dtype=torch.float64))
         window.update(zip(keys, summed.tolist(), strict=True))
 
+    def load_device(self, device: torch.device) -> torch.device:
+        """Where to load the model: FSDP loads on the CPU and ``fully_shard`` moves each
+        layer's shard to the GPU as it shards it, so no GPU ever holds the whole model."""
+        return torch.device("cpu") if self.mode == "fsdp" else device
+
+    def refuse_fsdp(self, what: str, instead: str) -> None:
+        if self.mode == "fsdp":
+            raise ConfigError(
+                f"distributed: {what} is not sharded under fsdp yet; use {instead} or "
+                "distributed=ddp"
+            )
+
     def check_rows(self, rows: int, per_rank: int) -> None:
         """Every rank must get a full share of every step: FSDP gathers weights in each
         forward, so ranks that ran different numbers of forwards would wait on each other."""

@@ -10,12 +10,13 @@
   ``__call__``); under torchrun ``tether.distributed`` shards the precompute and the copy.
 
 Every strategy returns per-sequence *sums* and the loop applies per-token averaging, so the
-cache does not depend on ``average_logps``.
+cache does not depend on ``length_normalize``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -73,9 +74,11 @@ def cache_path(
 
 
 def data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
+    """SHA-256 over every field of every row but its source (labels, weights, all responses)."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r.prompt, r.chosen, r.rejected]).encode())
+        fields = {k: v for k, v in dataclasses.asdict(r).items() if k != "source"}
+        h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -36,6 +36,11 @@ class TokenizedPair:
     def length(self) -> int:
         return len(self.prompt) + max(len(self.chosen), len(self.rejected))
 
+    @property
+    def completions(self) -> list[list[int]]:
+        """The completions a batch scores for this row, in column order (chosen, rejected)."""
+        return [self.chosen, self.rejected] if self.rejected else [self.chosen]
+
 
 @dataclass
 class TruncationAudit:

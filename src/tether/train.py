@@ -42,11 +42,13 @@ from tether.distributed import (
 )
 from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
 from tether.lora import LoraReference, apply_lora, load_4bit, save_lora
-from tether.losses import LOSS_SPECS, LossOutput, call_loss
+from tether.losses import LOSS_SPECS, LossOutput, call_loss, loss_config
 from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
 from tether.reference import Reference, data_fingerprint
 from tether.runs import RunDir
+from tether.shapes import load_shaped
 from tether.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
+from tether.steps import RankedPrecomputed, objective_step
 from tether.tokenization import TokenizedPair, tokenize_records, use_chat
 
 __all__ = ["sft", "train"]
@@ -191,27 +193,11 @@ def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, 
     if LOSS_SPECS[cfg.loss].data == "completions":
         out = call_loss(cfg.loss, logps, counts)
         return out, {"loss": out.losses.detach(), "logps/chosen": logps.detach()}
-    B = batch.pairs
-    scale = counts.clamp(min=1).float() if cfg.average_logps else torch.ones_like(logps)
-    pc, pr = (logps / scale)[:B], (logps / scale)[B:]  # (B,) each
-    rc: Tensor | None = None
-    rr: Tensor | None = None
-    if s.reference is not None:
-        ref_c, ref_r = s.reference(batch, split)
-        rc, rr = ref_c / scale[:B], ref_r / scale[B:]
-    options = dataclasses.asdict(cfg)  # losses take the config keys their signatures name
-    out = call_loss(
-        cfg.loss, pc, pr, rc, rr, **options, chosen_lengths=counts[:B], rejected_lengths=counts[B:]
-    )
-    stats = {
-        "loss": out.losses.detach(),
-        "rewards/chosen": out.chosen_rewards,
-        "rewards/rejected": out.rejected_rewards,
-        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
-        "rewards/margins": out.chosen_rewards - out.rejected_rewards,
-        "logps/chosen": pc.detach(),
-        "logps/rejected": pr.detach(),
-    }
+    ref = s.reference(batch, split) if s.reference is not None else None
+    rows = s.train_rows if split == "train" else s.eval_rows
+    batch_rows = [rows[i] for i in batch.index.tolist()]
+    # the objective's shape decides the layout; beta defaults, length_normalize, nll_weight
+    out, stats = objective_step(loss_config(cfg), batch_rows, logps, counts, ref)
     return out, stats
 
 
@@ -228,20 +214,30 @@ def evaluate_pairs(s: Setup) -> dict[str, float]:
             _, stats = _forward(s, batch.to(s.device), "eval")
         _accumulate(window, stats, len(chunk))
     s.policy.train()
-    n = window.pop("rows")
-    return {f"eval/{k}": v / n for k, v in window.items()}
+    return {f"eval/{k}": v for k, v in _means(window).items()}
 
 
 def _accumulate(window: dict[str, float], stats: dict[str, Tensor], rows: int) -> None:
+    """Sum each per-row statistic over the rows where it is defined (not NaN), and count them
+    (KTO's chosen rewards exist only on desirable rows)."""
     for k, v in stats.items():
-        window[k] += float(v.float().sum())
+        v = v.detach().float().reshape(-1)
+        defined = ~torch.isnan(v)
+        window[k] += float(v[defined].sum())
+        window[f"{k}#rows"] += int(defined.sum())
     window["rows"] += rows
 
 
+def _means(window: dict[str, float]) -> dict[str, float]:
+    """Each accumulated statistic over the rows it was defined on."""
+    return {k: v / max(1, window[f"{k}#rows"]) for k, v in window.items()
+            if not k.endswith("#rows") and f"{k}#rows" in window}
+
+
 def _log_row(window: dict[str, float], st: LoopState, lr: float) -> dict[str, Any]:
-    rows, steps = window.pop("rows"), window.pop("steps")
     row: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lr}
-    row.update({k: v / (steps if k == "grad_norm" else rows) for k, v in window.items()})
+    row.update(_means(window))
+    row["grad_norm"] = window["grad_norm"] / window["steps"]
     row["skipped_steps"] = st.skipped_steps
     return row
 
@@ -328,15 +324,21 @@ def _setup(cfg: TrainConfig) -> Setup:
     if cfg.load_in_4bit:
         policy = load_4bit(cfg, device, dtype)
     else:
-        policy = load_model(
-            cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code
-        )
+        policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
+                            trust_remote_code=cfg.trust_remote_code)
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
     reference: Reference | None = None
     if spec.needs_reference and reference_kind == "copy":  # before FSDP shards the policy
         reference = frozen_copy(policy, dist, device, cfg.logprob_chunk, autocast)
     scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
-    if spec.needs_reference and reference_kind == "precomputed":
+    if spec.needs_reference and reference_kind == "precomputed" and spec.data == "ranked":
+        dist.refuse_fsdp("reference=precomputed with a ranked objective", "reference=copy")
+        reference = RankedPrecomputed.build(
+            policy, {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})},
+            pad_id=tokenizer.pad_token_id, batch_size=cfg.eval_batch_size, device=device,
+            chunk=cfg.logprob_chunk, autocast=autocast, progress=cfg.progress,
+        )
+    elif spec.needs_reference and reference_kind == "precomputed":
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
         settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
         reference = precompute_reference(
@@ -434,6 +436,15 @@ def _load_rows(
     for name, path in (("train", cfg.data), ("eval", cfg.eval_data)):
         if path is None:
             out.append([])
+            continue
+        shaped = load_shaped(cfg, path, tokenizer)
+        if shaped is not None:  # unpaired (KTO) or ranked rows: see tether.shapes
+            rows, trunc, report, chat = shaped
+            log.info("%s", report.summary() + "".join(f"; {n}" for n in report.notes))
+            log.info("%s %s", name, trunc.summary())
+            audit.update({f"{name}_data": dataclasses.asdict(report),
+                          f"{name}_truncation": trunc.as_dict(), f"{name}_chat_template": chat})
+            out.append(rows)
             continue
         if LOSS_SPECS[cfg.loss].data == "completions":
             records = load_completions(path, **kwargs)  # type: ignore[arg-type]

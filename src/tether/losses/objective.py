@@ -1,0 +1,272 @@
+"""From config to loss: the loss keys, their checks, and one call per data shape for the loop.
+
+``LossConfig`` lists the flat config keys the objectives read, with defaults and help; the
+training config carries the same fields and ``loss_config(cfg)`` picks them out. The loop then
+calls ``pairwise_loss``, ``unpaired_loss`` or ``ranked_loss`` with log-probs *summed* over
+completion tokens plus the token counts; these apply what is common to every objective (β's
+per-objective default, ``length_normalize``, the NLL term) so the loss functions stay pure
+formulas. ``loss_stats`` turns a ``LossOutput`` into the per-row numbers worth logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+
+from tether.fields import opt
+from tether.losses.base import LOSS_SPECS, LOSSES, LossOutput, LossSpec, call_loss, token_mean
+
+__all__ = [
+    "LossConfig",
+    "add_nll",
+    "loss_config",
+    "loss_stats",
+    "pairwise_loss",
+    "ranked_loss",
+    "reduce_losses",
+    "unpaired_loss",
+]
+
+Tensor = torch.Tensor
+
+# Keys that only some objectives read; setting one the chosen objective ignores is an error
+# rather than a silent no-op. Which objectives read a key is taken from their signatures.
+_PARAM_KEYS = ("label_smoothing", "gamma", "orpo_lambda", "kto_desirable_weight",
+               "kto_undesirable_weight")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The flat config keys of the objectives (``TrainConfig`` carries the same fields)."""
+
+    loss: str = opt("dpo", "objective: dpo, robust, ipo, hinge, simpo, orpo, kto, rrhf, "
+                    "plackett_luce, sft (tether.losses.LOSSES)")
+    beta: float | None = opt(
+        None, "inverse temperature β of the implicit reward; unset: the objective's own "
+        "default (0.1; simpo 2.0)"
+    )
+    label_smoothing: float = opt(
+        0.0, "ε, the assumed rate of flipped labels: dpo becomes cDPO, robust needs it"
+    )
+    length_normalize: bool = opt(
+        False, "average log-probs per token before the loss (dpo, ipo, ...); simpo, orpo and "
+        "rrhf always do"
+    )
+    gamma: float = opt(1.0, "simpo: target reward margin γ (Meng et al. 2024)")
+    orpo_lambda: float = opt(0.1, "orpo: weight λ of the odds-ratio term (Hong et al. 2024)")
+    nll_weight: float = opt(
+        0.0, "add this × the chosen completion's token-mean NLL to a pairwise loss (RPO, "
+        "Pang et al. 2024)"
+    )
+    kto_desirable_weight: float = opt(1.0, "kto: weight λD of desirable rows")
+    kto_undesirable_weight: float = opt(1.0, "kto: weight λU of undesirable rows")
+    rank_pairs: Literal["all", "best_vs_rest", "best_vs_worst"] = opt(
+        "all", "ranked data with a pairwise objective: which pairs each ranking gives"
+    )
+    rank_weight_by_gap: bool = opt(
+        False, "ranked data: weight each pair by its score gap over the row's score range"
+    )
+
+    @property
+    def spec(self) -> LossSpec:
+        return LOSS_SPECS[self.loss]
+
+    def resolved_beta(self) -> float:
+        """β as set, or the objective's own default when the run did not set one."""
+        return self.spec.default_beta if self.beta is None else self.beta
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The scalars offered to every loss; each takes the ones its signature names."""
+        kwargs = {key: getattr(self, key) for key in _PARAM_KEYS}
+        return {**kwargs, "beta": self.resolved_beta()}
+
+    def problems(self) -> list[str]:
+        """Value checks, including keys set for an objective that does not read them."""
+        if self.loss not in LOSSES:
+            return [f"loss: unknown '{self.loss}'; valid: {', '.join(sorted(LOSSES))}"]
+        out = _range_problems(self)
+        spec, params = self.spec, inspect.signature(LOSSES[self.loss]).parameters
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in ("beta", *_PARAM_KEYS):
+            if getattr(self, key) != defaults[key] and key not in params:
+                users = [n for n, fn in LOSSES.items() if key in inspect.signature(fn).parameters]
+                out.append(f"{key}: loss={self.loss} does not use it (used by "
+                           f"{', '.join(users)}); remove it or pick one of those")
+        if self.nll_weight > 0 and (spec.data != "pairs" or spec.includes_nll):
+            out.append(f"nll_weight: applies to pairwise objectives without their own NLL "
+                       f"term; loss={self.loss} has one or is not pairwise; set it to 0")
+        rank_set = (self.rank_pairs, self.rank_weight_by_gap) != ("all", False)
+        if rank_set and spec.data != "pairs":
+            out.append(f"rank_pairs: loss={self.loss} does not train on pairs; rank_pairs and "
+                       f"rank_weight_by_gap apply to pairwise objectives on ranked data")
+        if self.length_normalize and spec.token_mean:
+            out.append(f"length_normalize: loss={self.loss} always averages log-probs per "
+                       f"token; remove the key")
+        return out
+
+
+def _range_problems(cfg: LossConfig) -> list[str]:
+    out = []
+    if cfg.beta is not None and cfg.beta <= 0:
+        out.append(f"beta: must be > 0, got {cfg.beta}")
+    if not 0 <= cfg.label_smoothing < 0.5:
+        out.append(f"label_smoothing: must be in [0, 0.5), got {cfg.label_smoothing}")
+    for key in ("gamma", "orpo_lambda", "nll_weight"):
+        if getattr(cfg, key) < 0:
+            out.append(f"{key}: must be >= 0, got {getattr(cfg, key)}")
+    for key in ("kto_desirable_weight", "kto_undesirable_weight"):
+        if getattr(cfg, key) <= 0:
+            out.append(f"{key}: must be > 0, got {getattr(cfg, key)}")
+    return out
+
+
+def loss_config(cfg: Any) -> LossConfig:
+    """The ``LossConfig`` inside a larger config (any object with the same attribute names).
+
+    Keys the larger config lacks take their defaults.
+    """
+    names = [f.name for f in dataclasses.fields(LossConfig)]
+    return LossConfig(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+
+
+def add_nll(out: LossOutput, policy_chosen_logps: Tensor, chosen_lengths: Tensor,
+            nll_weight: float) -> LossOutput:
+    """Any preference loss plus ``nll_weight`` × token-mean NLL of the chosen completion.
+
+        loss = loss_pref + α·( −log πθ(y_w|x) / |y_w| )
+
+    The NLL term of Pang et al. 2024 ("Iterative Reasoning Preference Optimization", arXiv
+    2404.19733), often called RPO: it keeps the chosen completion's likelihood from falling
+    while the margin grows. ``policy_chosen_logps`` must be the summed log-probs. Metric
+    ``nll``.
+    """
+    if nll_weight == 0:
+        return out
+    nll = -token_mean(policy_chosen_logps, chosen_lengths)  # (B,)
+    metrics = {**out.metrics, "nll": nll.detach().mean()}
+    return replace(out, losses=out.losses + nll_weight * nll, metrics=metrics)
+
+
+def _normalized(logps: Tensor | None, lengths: Tensor, on: bool) -> Tensor | None:
+    return token_mean(logps, lengths) if on and logps is not None else logps
+
+
+def pairwise_loss(
+    cfg: LossConfig,
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor | None,
+    reference_rejected_logps: Tensor | None,
+    *,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+) -> LossOutput:
+    """The configured pairwise objective on summed ``(B,)`` log-probs and their token counts.
+
+    Reference tensors are ``None`` for reference-free objectives. ``length_normalize`` turns
+    sums into per-token means first, except for objectives that average by definition.
+    """
+    spec = cfg.spec
+    missing = reference_chosen_logps is None or reference_rejected_logps is None
+    if spec.needs_reference and missing:
+        raise ValueError(f"loss={cfg.loss} needs reference log-probs")  # a pipeline bug
+    on = cfg.length_normalize and not spec.token_mean
+    out = call_loss(
+        cfg.loss,
+        _normalized(policy_chosen_logps, chosen_lengths, on),
+        _normalized(policy_rejected_logps, rejected_lengths, on),
+        _normalized(reference_chosen_logps, chosen_lengths, on),
+        _normalized(reference_rejected_logps, rejected_lengths, on),
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        **cfg.loss_kwargs(),
+    )
+    return add_nll(out, policy_chosen_logps, chosen_lengths, cfg.nll_weight)
+
+
+def unpaired_loss(
+    cfg: LossConfig,
+    policy_logps: Tensor,
+    reference_logps: Tensor,
+    policy_kl_logps: Tensor,
+    reference_kl_logps: Tensor,
+    labels: Tensor,
+    *,
+    lengths: Tensor,
+    kl_lengths: Tensor,
+) -> LossOutput:
+    """The configured unpaired objective (KTO): labelled rows and their mismatched pairs."""
+    on = cfg.length_normalize
+    return call_loss(
+        cfg.loss,
+        _normalized(policy_logps, lengths, on),
+        _normalized(reference_logps, lengths, on),
+        _normalized(policy_kl_logps, kl_lengths, on),
+        _normalized(reference_kl_logps, kl_lengths, on),
+        labels,
+        **cfg.loss_kwargs(),
+    )
+
+
+def ranked_loss(
+    cfg: LossConfig,
+    policy_logps: Tensor,
+    reference_logps: Tensor | None,
+    *,
+    response_lengths: Tensor,
+    response_scores: Tensor,
+    response_mask: Tensor | None = None,
+) -> LossOutput:
+    """The configured ranked objective on ``(B, K)`` summed log-probs, responses best first."""
+    on = cfg.length_normalize and not cfg.spec.token_mean
+    return call_loss(
+        cfg.loss,
+        _normalized(policy_logps, response_lengths, on),
+        _normalized(reference_logps, response_lengths, on),
+        response_lengths=response_lengths,
+        response_scores=response_scores,
+        response_mask=response_mask,
+        **cfg.loss_kwargs(),
+    )
+
+
+def reduce_losses(losses: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean of the per-example losses, or their weighted mean Σ w·l / Σ w (score-gap weights
+    of pairs expanded from rankings)."""
+    if weights is None:
+        return losses.mean()
+    return (weights * losses).sum() / weights.sum().clamp(min=torch.finfo(losses.dtype).tiny)
+
+
+def loss_stats(
+    out: LossOutput, spec: LossSpec, labels: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Per-row statistics worth logging, as far as the objective defines them, ``(B,)`` each.
+
+    The loop averages each over the rows where it is not NaN. ``rewards/chosen`` and
+    ``rewards/rejected`` where the objective has rewards (for KTO, given ``labels``: desirable
+    and undesirable rows, NaN on the others); ``rewards/accuracies`` and ``rewards/margins``
+    only where rewards come in pairs (pairwise objectives; ranked ones, best vs worst); then
+    the objective's own ``metrics``, one value per batch repeated on its rows.
+    """
+    losses = out.losses.detach()
+    stats = {"loss": losses}
+    if spec.data in ("pairs", "ranked"):
+        c, r = out.chosen_rewards, out.rejected_rewards
+        stats["rewards/chosen"], stats["rewards/rejected"] = c, r
+        stats["rewards/accuracies"] = (c > r).to(losses.dtype)
+        stats["rewards/margins"] = c - r
+    elif spec.data == "unpaired" and labels is not None:
+        desirable = labels.to(torch.bool)
+        for name, rows, values in (("chosen", desirable, out.chosen_rewards),
+                                   ("rejected", ~desirable, out.rejected_rewards)):
+            full = torch.full_like(losses, float("nan"))
+            full[rows] = values.to(full.dtype)
+            stats[f"rewards/{name}"] = full
+    for key, value in out.metrics.items():
+        stats[key] = value.detach().to(losses.dtype).expand_as(losses)
+    return stats

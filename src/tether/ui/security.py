@@ -1,0 +1,98 @@
+"""Request checks shared by every route of the labeling page.
+
+- Host: when the server listens on loopback only, requests must name a loopback host, so a web
+  page that rebinds its own DNS name to 127.0.0.1 cannot talk to the server (DNS rebinding).
+- Origin: state-changing requests (POST) coming from another site are refused. Browsers send
+  ``Origin`` (and ``Sec-Fetch-Site``) on every POST; a request with neither is not a browser's
+  cross-site request, and still needs the session's CSRF token, which another site cannot read.
+- Headers: a strict Content-Security-Policy (scripts only from this server, no inline script),
+  no framing, no MIME sniffing. Model text is escaped by the templates; the CSP is the second
+  line of defence.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+__all__ = ["LOOPBACK", "SecurityPolicy", "is_loopback", "tokens_match"]
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on same-origin
+    # form posts, which the origin check would have to refuse.
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def tokens_match(given: str | None, expected: str) -> bool:
+    """Constant-time comparison, so response timing does not reveal a token."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _hostname(host_header: str) -> str:
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+class SecurityPolicy:
+    """``allowed_hosts`` is None to accept any Host (the server was bound to a public address,
+    and the access token guards it)."""
+
+    def __init__(self, allowed_hosts: frozenset[str] | None) -> None:
+        self.allowed_hosts = allowed_hosts
+
+    def host_ok(self, request: Request) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        name = _hostname(request.headers.get("host", ""))
+        return name in self.allowed_hosts or (
+            is_loopback(name) and bool(self.allowed_hosts & LOOPBACK)
+        )
+
+    @staticmethod
+    def same_origin(request: Request) -> bool:
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = request.headers.get("origin")
+        if origin is None:
+            referer = request.headers.get("referer")
+            if referer is None:
+                return True
+            parts = urlsplit(referer)
+            origin = f"{parts.scheme}://{parts.netloc}"
+        return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+    async def __call__(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response: Response
+        if not self.host_ok(request):
+            response = PlainTextResponse("unknown Host header", status_code=400)
+        elif request.method not in _SAFE_METHODS and not self.same_origin(request):
+            response = PlainTextResponse("cross-site request refused", status_code=403)
+        else:
+            response = await call_next(request)
+        for name, value in HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
