@@ -186,8 +186,9 @@ def _scale_problems(cfg: TrainConfig) -> list[str]:
             f"{cfg.lora_r}, {cfg.lora_alpha}, {cfg.lora_dropout}"
         )
     if not cfg.lora:
-        set_keys = [f"{k}={getattr(cfg, k)}" for k in ("lora_adapter", "merge", "load_in_4bit")
-                    if getattr(cfg, k)] + (["reference=lora"] if cfg.reference == "lora" else [])
+        given = {k: getattr(cfg, k) for k in ("lora_adapter", "merge", "load_in_4bit")}
+        set_keys = [f"{k}={'true' if v is True else v}" for k, v in given.items() if v]
+        set_keys += ["reference=lora"] if cfg.reference == "lora" else []
         out += [f"{k.split('=')[0]}: {k} works on LoRA adapters; add lora=true" for k in set_keys]
     if cfg.load_in_4bit and cfg.distributed == "fsdp":
         out.append("load_in_4bit: 4-bit weights cannot be FSDP-sharded; use distributed=ddp")

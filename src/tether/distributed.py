@@ -160,7 +160,11 @@ def init_distributed(mode: str, device: torch.device) -> tuple[Dist, torch.devic
 
 
 def close_distributed(d: Dist) -> None:
+    """Leave the process group once every rank is done. Only after a run that went well: a
+    rank that failed leaves without it, and torchrun stops the others, because destroying a
+    group while other ranks still wait in a collective can hang."""
     if d.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -81,13 +81,11 @@ class Setup:
 def train(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
     setup = _setup(cfg)
-    try:
-        with StopOnSignal() as stop:
-            finished = _loop(setup, stop)
-        if finished:
-            _save(setup)
-    finally:
-        close_distributed(setup.dist)
+    with StopOnSignal() as stop:
+        finished = _loop(setup, stop)
+    if finished:
+        _save(setup)
+    close_distributed(setup.dist)  # torchrun: once every rank is done (not after an error)
     return setup.run.path
 
 
