@@ -141,15 +141,24 @@ def test_fsdp_resumes_from_a_sharded_checkpoint_at_two_ranks_and_at_one(root, ll
     _assert_same_run(root / "whole", root / "part1")
 
 
-def test_lora_under_ddp_equals_one_process(root, llama_dir):
-    lora = ("lora=true", "lora_r=4", "merge=true")
-    train(load_config(TrainConfig, None, _args(root, llama_dir, "lora1", "batch_size=4", *lora)))
-    _torchrun_ok(2, _args(root, llama_dir, "lora2", "batch_size=2", "distributed=ddp", *lora))
+LORA = ("lora=true", "lora_r=4", "merge=true")  # reference=auto is then the adapters-off base
+
+
+@pytest.fixture(scope="module")
+def lora_single(root: Path, llama_dir: Path) -> Path:
+    train(load_config(TrainConfig, None, _args(root, llama_dir, "lora1", "batch_size=4", *LORA)))
+    return root / "lora1"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_lora_two_ranks_equal_one_process(root, llama_dir, lora_single, mode):
+    _torchrun_ok(2, _args(root, llama_dir, f"lora-{mode}", "batch_size=2",
+                          f"distributed={mode}", *LORA))
     # Adam divides by sqrt(v): on the few adapter entries whose gradient is ~0 (A, while B is
     # still ~0), float-order noise becomes a step of up to lr. So: a loose bound on the worst
     # entry (5% of what 4 steps of lr=1e-3 can move a weight) and a tight one on the mean.
     for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
-        _assert_same_run(root / "lora1", root / "lora2", weights, atol=2e-4, mean_atol=1e-6)
+        _assert_same_run(lora_single, root / f"lora-{mode}", weights, atol=2e-4, mean_atol=1e-6)
 
 
 def test_too_few_rows_for_the_global_batch_is_refused(root, llama_dir, tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,20 @@ def apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """``model`` with trainable LoRA adapters (a PEFT model); unchanged unless ``lora=true``."""
     if not cfg.lora:
         return model
+    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        model = _with_adapters(model, cfg)
+    if cfg.lora_dropout > 0:
+        log.warning("lora_dropout=%s: the policy's log-probs become noisy while the reference's "
+                    "are not, which biases DPO's log-ratio; 0 is the safe choice", cfg.lora_dropout)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("LoRA: %d trainable parameters of %d (%.2f%%)", trainable, total,
+             100 * trainable / max(1, total))
+    return model
+
+
+def _with_adapters(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.load_in_4bit:
@@ -118,13 +133,6 @@ def apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
                 f"lora_target_modules: {cfg.lora_target_modules} ({str(e).splitlines()[0]}); "
                 f"linear layers in this model: {', '.join(names)}"
             ) from None
-    if cfg.lora_dropout > 0:
-        log.warning("lora_dropout=%s: the policy's log-probs become noisy while the reference's "
-                    "are not, which biases DPO's log-ratio; 0 is the safe choice", cfg.lora_dropout)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA: %d trainable parameters of %d (%.2f%%)", trainable, total,
-             100 * trainable / max(1, total))
     return model
 
 
@@ -215,6 +223,8 @@ def merge_adapter(cfg: TrainConfig, adapter: Path, out: Path, dtype: torch.dtype
 
     base = load_model(cfg.model, dtype=dtype, device="cpu",
                       trust_remote_code=cfg.trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(out)
     log.info("merged model written to %s", out)
