@@ -66,3 +66,26 @@ def gpt2_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32))
+
+
+def train_config(tmp_path: Path, **overrides: object):
+    """A small, quiet TrainConfig writing into ``tmp_path`` (checked like a user's config)."""
+    from tether.config import TrainConfig, build_config
+
+    base: dict[str, object] = {
+        "output_dir": str(tmp_path / "run"),
+        "cache_dir": str(tmp_path / "cache"),
+        "progress": False,
+        "device": "cpu",
+        "batch_size": 4,
+        "eval_batch_size": 8,
+        "max_steps": 2,
+        "lr": 1e-3,
+    }
+    base.update(overrides)
+    return build_config(TrainConfig, base)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(x) for x in lines if x.strip()]

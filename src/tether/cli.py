@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tether.commands.train", "DPO (or a variant) against a frozen reference"),
     "sft": ("tether.commands.sft", "supervised fine-tuning on prompt/completion rows"),
     "pairs": ("tether.commands.pairs", "import, sample or rewrite preference pairs (JSONL)"),
+    "iterate": ("tether.commands.iterate", "iterative DPO: sample, judge, train, evaluate, repeat"),
+    "eval": ("tether.eval.cli", "win-rate of the trained model against its reference"),
     "label": ("tether.ui.cli", "a local web page where people judge answers side by side"),
 }
 

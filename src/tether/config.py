@@ -61,6 +61,9 @@ class TrainConfig(LossConfig):
     split: str = opt("train", "split to read from a saved/hub dataset")
 
     # --- reference
+    reference_model: str | None = opt(
+        None, "reference model (default: the policy's starting point, `model`)"
+    )
     reference: Literal["precomputed", "copy", "lora", "none", "auto"] = opt(
         "auto", "reference model: precomputed cache | frozen copy | lora | none (auto picks)"
     )
@@ -190,6 +193,9 @@ def _scale_problems(cfg: TrainConfig) -> list[str]:
         set_keys = [f"{k}={'true' if v is True else v}" for k, v in given.items() if v]
         set_keys += ["reference=lora"] if cfg.reference == "lora" else []
         out += [f"{k.split('=')[0]}: {k} works on LoRA adapters; add lora=true" for k in set_keys]
+    if cfg.reference == "lora" and cfg.reference_model:
+        out.append("reference: reference=lora is the policy's own base, so reference_model "
+                   "does not apply; use reference=precomputed or copy with reference_model")
     if cfg.load_in_4bit and cfg.distributed == "fsdp":
         out.append("load_in_4bit: 4-bit weights cannot be FSDP-sharded; use distributed=ddp")
     return out
@@ -218,6 +224,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` as type ``tp`` or raise ValueError with a readable reason."""
+    if tp is Any:  # passed on to another config, which checks it
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -231,6 +239,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message says it best
+            raise ValueError(errors[0])
         raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -277,11 +287,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"config field {key} has unsupported type {tp}")  # internal bug
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def _is_text(hints: Mapping[str, Any], key: str) -> bool:
+    """Whether ``key`` (``a`` or ``a.b`` of a mapping field) holds a string or null."""
+    head, _, sub = key.partition(".")
+    tp = hints.get(head)
+    if sub:
+        if typing.get_origin(tp) is not dict:
+            return False
+        tp = typing.get_args(tp)[1]
+    return tp is str or (
+        typing.get_origin(tp) in (Union, types.UnionType)
+        and set(typing.get_args(tp)) == {str, type(None)}
+    )
+
+
+def _parse_override(item: str, hints: Mapping[str, Any]) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value, e.g. beta=0.1")
     key, raw = item.split("=", 1)
     key = key.strip().lstrip("-").replace("-", "_")
+    if _is_text(hints, key) and raw.strip() not in ("null", "~"):
+        # Verbatim: YAML would read prompt_template={question} as a mapping, 'Q: {x}' as a
+        # mapping too, field_map.prompt=yes as true and data=#x as null.
+        return key, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -320,7 +348,11 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
         raw.update(loaded)
-    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    hints = typing.get_type_hints(cls)
+    items = (
+        overrides.items() if isinstance(overrides, Mapping)
+        else (_parse_override(o, hints) for o in overrides)
+    )
     for key, value in items:
         if "." in key:
             head, sub = key.split(".", 1)

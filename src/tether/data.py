@@ -165,9 +165,12 @@ def _read_json(p: Path) -> list[Row]:
     return rows
 
 
-def _dataset_rows(ds: Any, where: str, offset: int = 0) -> list[Row]:
-    # CSV rows are numbered as lines (header = line 1), others by row index.
-    return [Row(dict(r), f"{where}:{i + offset}") for i, r in enumerate(ds)]
+def _dataset_rows(ds: Any, where: str, csv: bool = False) -> list[Row]:
+    # CSV rows are named by line (header = line 1, so row i is line i + 2); other sources by
+    # 0-based row index in brackets, as JSON lists are: "file:0" would read as a line number.
+    if csv:
+        return [Row(dict(r), f"{where}:{i + 2}") for i, r in enumerate(ds)]
+    return [Row(dict(r), f"{where}[{i}]") for i, r in enumerate(ds)]
 
 
 def _read_with_datasets(p: Path, kind: str) -> list[Row]:
@@ -177,7 +180,7 @@ def _read_with_datasets(p: Path, kind: str) -> list[Row]:
         ds = datasets.load_dataset(kind, data_files=str(p), split="train")
     except Exception as e:  # datasets raises many types for unreadable files
         raise DataError(f"{p}: cannot read as {kind} ({type(e).__name__}: {e})") from None
-    return _dataset_rows(ds, str(p), offset=2 if kind == "csv" else 0)
+    return _dataset_rows(ds, str(p), csv=kind == "csv")
 
 
 def _read_saved_dataset(p: Path, split: str) -> list[Row]:

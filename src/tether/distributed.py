@@ -17,7 +17,7 @@ process taking all the rows.
 
 Only rank 0 writes (metrics, data audit, config, cache, model, progress bars); the others log
 warnings only. The reference precompute is split over the ranks and all-gathered into the one
-cache; ``reference=copy`` under FSDP is a sharded frozen copy.
+cache; ``reference=copy`` under FSDP is a sharded frozen copy (or ``reference_model``, sharded).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from tether.runs import RunDir
 from tether.tokenization import TokenizedPair
 
 __all__ = [
-    "Dist", "QuietRunDir", "clip_grad_norm", "close_distributed", "frozen_copy",
-    "full_state_dict", "init_distributed", "open_run_dir", "precompute_reference", "wrap_policy",
+    "Dist", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",
+    "frozen_copy", "frozen_scorer", "full_state_dict", "init_distributed", "local_module",
+    "open_run_dir", "precompute_reference", "wrap_policy",
 ]
 
 log = logging.getLogger("tether")
@@ -284,8 +285,8 @@ def full_state_dict(policy: nn.Module, d: Dist) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- references
 
 
-class ShardedCopy:
-    """``reference=copy`` under FSDP: a frozen copy of the starting policy, sharded like it."""
+class ScorerReference:
+    """A frozen reference scored by its own ``SequenceLogProbs`` module (sharded under FSDP)."""
 
     def __init__(self, scorer: nn.Module, autocast: bool = False) -> None:
         self.scorer = scorer
@@ -299,6 +300,16 @@ class ShardedCopy:
         return sums[: batch.pairs].clone(), sums[batch.pairs :].clone()
 
 
+def frozen_scorer(model: nn.Module, d: Dist, device: torch.device, chunk: int) -> nn.Module:
+    """``SequenceLogProbs`` of a frozen model: whole on every rank, or FSDP-sharded (1/N of
+    the model per rank; its forward gathers one layer at a time, like the policy's)."""
+    scorer = SequenceLogProbs(model.eval().requires_grad_(False), chunk)
+    if d.mode == "fsdp":
+        _fully_shard(scorer, d, autocast=False)  # frozen: no gradients to reduce
+        scorer.to(device)
+    return scorer
+
+
 def frozen_copy(
     policy: nn.Module, d: Dist, device: torch.device, chunk: int, autocast: bool
 ) -> Reference:
@@ -308,9 +319,7 @@ def frozen_copy(
         return FrozenCopy(policy, chunk, autocast)
     import copy
 
-    scorer = SequenceLogProbs(copy.deepcopy(policy).eval().requires_grad_(False), chunk)
-    _fully_shard(scorer, d, autocast)
-    return ShardedCopy(scorer.to(device), autocast)
+    return ScorerReference(frozen_scorer(copy.deepcopy(policy), d, device, chunk), autocast)
 
 
 def precompute_reference(

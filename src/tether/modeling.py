@@ -50,18 +50,24 @@ def _exists_or_hub_id(name: str, what: str) -> None:
         raise ModelError(f"{what}: '{name}' does not exist; pass a model directory or a hub id")
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
-    """Load a tokenizer; one without a pad token gets EOS as pad (logged)."""
-    _exists_or_hub_id(name, "tokenizer")
+def load_tokenizer(name: str, trust_remote_code: bool = False, *, field: str = "tokenizer") -> Any:
+    """Load a tokenizer; one without a pad token gets EOS as pad (logged).
+
+    ``field`` is the config key errors name: ``model`` when the tokenizer comes from the model.
+    """
+    _exists_or_hub_id(name, field)
     try:
         tok = AutoTokenizer.from_pretrained(
             str(Path(name).expanduser()) if Path(name).expanduser().exists() else name,
             trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as e:
-        raise ModelError(f"tokenizer: cannot load '{name}' ({str(e).splitlines()[0]})") from None
+        first = str(e).splitlines()[0]
+        raise ModelError(f"{field}: cannot load a tokenizer from '{name}' ({first})") from None
     if tok.eos_token_id is None:
-        raise ModelError(f"tokenizer: '{name}' has no EOS token; set eos_token in its config")
+        raise ModelError(
+            f"{field}: tokenizer '{name}' has no EOS token; set eos_token in its config"
+        )
     if tok.pad_token_id is None:
         log.warning("tokenizer %s has no pad token: using EOS (%r) to pad", name, tok.eos_token)
         tok.pad_token = tok.eos_token

@@ -11,6 +11,9 @@ __all__ = ["CONFIG_TABLES", "render_table"]
 # README marker name -> "module:Class"
 CONFIG_TABLES = {
     "train": "tether.config:TrainConfig",
+    "eval": "tether.eval.config:EvalConfig",
+    "pairs": "tether.pairs:PairsConfig",
+    "iterate": "tether.iterate:IterateConfig",
 }
 
 

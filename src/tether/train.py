@@ -30,9 +30,11 @@ from tether.config import TrainConfig
 from tether.data import load_completions, load_preferences, needs_chat
 from tether.distributed import (
     Dist,
+    ScorerReference,
     clip_grad_norm,
     close_distributed,
     frozen_copy,
+    frozen_scorer,
     full_state_dict,
     init_distributed,
     local_module,
@@ -143,6 +145,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             grad_norm = _clip(policy, cfg.max_grad_norm)
             if _finite(s.dist.sum(torch.stack(losses).sum()), grad_norm, st, cfg.max_bad_steps):
                 s.optimizer.step()
+            lr = float(s.scheduler.get_last_lr()[0])  # the rate this step used, not the next one
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             st.step += 1
@@ -152,7 +155,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             bar.update(1)
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
-                row = _log_row(window, st, float(s.scheduler.get_last_lr()[0]))
+                row = _log_row(window, st, lr)
                 elapsed = time.perf_counter() - t_start
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
@@ -306,7 +309,8 @@ def _setup(cfg: TrainConfig) -> Setup:
     spec = LOSS_SPECS[cfg.loss]
     reference_kind: str = cfg.reference
     if reference_kind == "auto":
-        default = "lora" if cfg.lora else "precomputed"  # lora: the base is already in memory
+        # lora: the base is already in memory (unless another model is the reference)
+        default = "lora" if cfg.lora and not cfg.reference_model else "precomputed"
         reference_kind = default if spec.needs_reference else "none"
     if spec.needs_reference and reference_kind == "none":
         raise ConfigError(
@@ -316,7 +320,8 @@ def _setup(cfg: TrainConfig) -> Setup:
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
     run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
+                               field="tokenizer" if cfg.tokenizer else "model")
     train_rows, eval_rows = _load_rows(cfg, tokenizer, run)
     dist.check_rows(len(train_rows), cfg.batch_size * cfg.grad_accum)
     if cfg.load_in_4bit:
@@ -326,27 +331,14 @@ def _setup(cfg: TrainConfig) -> Setup:
                             trust_remote_code=cfg.trust_remote_code)
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
     reference: Reference | None = None
-    if spec.needs_reference and reference_kind == "copy":  # before FSDP shards the policy
+    if spec.needs_reference and reference_kind == "copy" and not cfg.reference_model:
+        # copied before wrap_policy: FSDP shards the policy in place
         reference = frozen_copy(policy, dist, device, cfg.logprob_chunk, autocast)
     scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
-    if spec.needs_reference and reference_kind == "precomputed" and spec.data == "ranked":
-        dist.refuse_fsdp("reference=precomputed with a ranked objective", "reference=copy")
-        reference = RankedPrecomputed.build(
-            policy, {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})},
-            pad_id=tokenizer.pad_token_id, batch_size=cfg.eval_batch_size, device=device,
-            chunk=cfg.logprob_chunk, autocast=autocast, progress=cfg.progress,
-        )
-    elif spec.needs_reference and reference_kind == "precomputed":
+    if spec.needs_reference and reference is None:
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
-        settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
-        reference = precompute_reference(
-            policy, scorer, dist, splits, pad_id=tokenizer.pad_token_id,
-            batch_size=cfg.eval_batch_size, device=device, chunk=cfg.logprob_chunk,
-            cache_dir=Path(cfg.cache_dir).expanduser() / "reference", settings=settings,
-            autocast=autocast, progress=cfg.progress,
-        )
-    elif spec.needs_reference and reference_kind == "lora":
-        reference = LoraReference(policy, local_module(scorer), autocast)
+        reference = _build_reference(cfg, reference_kind, policy, scorer, dist, splits,
+                                     tokenizer.pad_token_id, device, dtype, autocast)
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
@@ -361,6 +353,34 @@ def _setup(cfg: TrainConfig) -> Setup:
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
     return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
                  optimizer, scheduler, total, fingerprint, state, dist, scorer)
+
+
+def _build_reference(
+    cfg: TrainConfig, kind: str, policy: torch.nn.Module, scorer: torch.nn.Module, dist: Dist,
+    splits: dict[str, list[TokenizedPair]], pad_id: int, device: torch.device,
+    dtype: torch.dtype, autocast: bool,
+) -> Reference:
+    """The reference strategy; its model is the policy's start unless ``reference_model``.
+    (``copy`` of the policy itself is made in ``_setup``, before FSDP shards the policy.)"""
+    if kind == "lora":
+        return LoraReference(policy, local_module(scorer), autocast)  # the base, adapters off
+    model = policy
+    if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
+        model = load_model(cfg.reference_model, dtype=dtype, device=dist.load_device(device),
+                           trust_remote_code=cfg.trust_remote_code)
+        scorer = frozen_scorer(model, dist, device, cfg.logprob_chunk)  # sharded under FSDP
+    if kind == "copy":  # reference_model: already a model of its own, no copy needed
+        return ScorerReference(scorer, autocast)
+    common = {"pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
+              "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress}
+    if LOSS_SPECS[cfg.loss].data == "ranked":
+        dist.refuse_fsdp("reference=precomputed with a ranked objective", "reference=copy")
+        return RankedPrecomputed.build(model, splits, **common)  # type: ignore[arg-type]
+    settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
+    return precompute_reference(
+        model, scorer, dist, splits, cache_dir=Path(cfg.cache_dir).expanduser() / "reference",
+        settings=settings, **common,  # type: ignore[arg-type]
+    )
 
 
 # Keys that may change between a run and its resumption; every other key must match.

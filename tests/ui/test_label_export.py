@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tether.errors import ConfigError
-from tether.ui.export import export_preferences, summary, wilson_interval, winrate_summary
+from tether.eval.stats import bootstrap_win_rate, wilson_interval
+from tether.ui.export import export_preferences, summary, winrate_summary
 from tether.ui.inputs import PairItem
 from tether.ui.store import LabelStore
 
@@ -24,16 +25,6 @@ def vote_answers(store: LabelStore, name: str, wanted: dict[str, str]) -> None:
         if want in ("1", "2"):  # answer 1 is on side A unless the sides were swapped
             choice = "A" if (want == "1") != shown.swapped else "B"
         store.vote(who, shown.item.id, choice, f"{name} on {shown.item.prompt}")
-
-
-def test_wilson_hand_computed() -> None:
-    # 8 of 10, z = 1.96: centre (0.8 + 0.19207) / 1.38415 = 0.71673,
-    # half 1.41600 * sqrt(0.016 + 0.0096037) = 0.22658 -> (0.49016, 0.94331)
-    lo, hi = wilson_interval(8, 10)
-    assert (lo, hi) == (pytest.approx(0.49016, abs=1e-4), pytest.approx(0.94331, abs=1e-4))
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = wilson_interval(5, 5)
-    assert hi == 1.0 and lo == pytest.approx(5 / (5 + 1.959963984540054**2))
 
 
 def test_export_writes_decided_pairs_with_provenance(tmp_path: Path) -> None:
@@ -76,9 +67,11 @@ def test_winrate_summary_counts_and_interval(tmp_path: Path) -> None:
     assert (out["wins"], out["ties"], out["losses"], out["unparsed"], out["n"]) == (3, 2, 1, 1, 6)
     assert out["identical"] == 1
     assert out["win_rate"] == pytest.approx(4 / 6)
-    assert out["ci95"] == pytest.approx(list(wilson_interval(4, 6)))
+    # the evaluation's statistics: bootstrap over items, Wilson on decisive votes
+    scores = [1.0, 1.0, 1.0, 0.5, 0.5, 0.0]
+    assert out["ci95"] == pytest.approx(list(bootstrap_win_rate(scores, list(range(6)))))
     assert out["decisive_win_rate"] == pytest.approx(3 / 4)
-    assert out["decisive_ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+    assert out["wilson95"] == pytest.approx(list(wilson_interval(3, 4)))
     assert out["judge"] == "human"
     lo, hi = out["ci95"]
     assert lo < 4 / 6 < hi and not math.isnan(lo)

@@ -8,7 +8,6 @@ same count) and unvoted items are left out and counted, so nothing is silently d
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections import Counter
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError
+from tether.eval.stats import bootstrap_win_rate, wilson_interval
 from tether.ui.agreement import annotator_agreement, item_outcomes, judge_agreement
 from tether.ui.store import LabelStore, VoteRow
 
@@ -26,7 +26,6 @@ __all__ = [
     "export_preferences",
     "preference_records",
     "summary",
-    "wilson_interval",
     "winrate_summary",
     "write_json",
 ]
@@ -49,22 +48,6 @@ class ExportReport:
             f"{self.disagreements} split votes, {self.unvoted} not voted (or only skipped), "
             f"{self.identical} with identical answers"
         )
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (Wilson 1927). ``successes`` may be fractional
-    (ties counted as half a win). Returns (0, 1) for n = 0.
-
-    TODO(lead): replace with tether.eval.stats once the evaluation issue lands, so the
-    human and automatic win-rates share one implementation.
-    """
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _by_item(votes: Iterable[VoteRow]) -> dict[int, list[VoteRow]]:
@@ -144,8 +127,8 @@ def winrate_summary(store: LabelStore) -> dict[str, Any]:
 
     Ties, both-bad and split votes count half a win; identical answers are ties without a vote
     (as in ``tether eval``); items without a non-skip vote are ``unparsed``, excluded and
-    counted. ``ci95`` is the Wilson interval of ``win_rate`` over the ``n`` judged items;
-    ``decisive_ci95`` the Wilson interval of wins / (wins + losses).
+    counted. ``ci95`` is the evaluation's seeded bootstrap interval of ``win_rate``;
+    ``wilson95`` the Wilson interval of wins / (wins + losses), as in ``eval/results.json``.
     """
     if store.mode != "winrate":
         raise ConfigError(
@@ -171,9 +154,12 @@ def winrate_summary(store: LabelStore) -> dict[str, Any]:
     ties += identical
     n = wins + ties + losses
     decisive = wins + losses
+    # The same statistics as `tether eval`: ties 0.5, a seeded bootstrap over items (each item
+    # is its own prompt here), and the Wilson interval on the decisive votes.
+    scores = [1.0] * wins + [0.5] * ties + [0.0] * losses
     return {
         "win_rate": (wins + 0.5 * ties) / n if n else None,
-        "ci95": list(wilson_interval(wins + 0.5 * ties, n)) if n else None,
+        "ci95": list(bootstrap_win_rate(scores, list(range(n)))) if n else None,
         "wins": wins,
         "ties": ties,
         "losses": losses,
@@ -181,7 +167,7 @@ def winrate_summary(store: LabelStore) -> dict[str, Any]:
         "identical": identical,
         "n": n,
         "decisive_win_rate": wins / decisive if decisive else None,
-        "decisive_ci95": list(wilson_interval(wins, decisive)) if decisive else None,
+        "wilson95": list(wilson_interval(wins, decisive)) if decisive else None,
         "judge": "human",
     }
 

@@ -35,6 +35,7 @@ class HumanJudge:
     """Implements ``tether.eval.judges.base.Judge`` with votes from the labeling page."""
 
     deterministic = True  # the page randomises sides itself: one question per pair is enough
+    cacheable = False  # votes keep arriving: read them afresh every time
 
     def __init__(
         self,

@@ -18,11 +18,14 @@ class Verdict:
     ``winner`` is ``"unparsed"`` when the judge failed or its output could not be read: such
     items are excluded from the win-rate and counted, never scored as a loss. ``p_a`` is the
     judge's probability that A is better, when it gives one (reward model, log-probs).
+    ``error`` says why a judge gave no answer at all (HTTP failure, budget spent); such verdicts
+    are not cached, so a later run asks again, whereas an answer that could not be parsed is.
     """
 
     winner: Winner
     p_a: float | None = None
     raw: str = ""
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class Judge(Protocol):
     judgment cache. ``deterministic`` judges (rules, reward models) are asked once per pair;
     others see both orders. ``judge_many`` lets a judge batch, run requests concurrently, or
     (the human judge) wait for votes from the labeling page.
+
+    A judge may also carry ``template_hash: str`` (the hash of its prompt template or rule
+    source); it joins ``identity`` in the cache key and in every judgments.jsonl line.
     """
 
     identity: str
