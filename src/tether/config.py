@@ -121,6 +121,25 @@ class TrainConfig(LossConfig):
         5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
     )
 
+    # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (tether.lora, tether.distributed)
+    lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA scale numerator: the update is (alpha / r) B A x")
+    lora_dropout: float = opt(
+        0.0, "dropout on the LoRA input; keep 0: a random mask biases DPO's log-ratio"
+    )
+    lora_target_modules: list[str] = opt(
+        [], "module names to adapt, e.g. q_proj,v_proj (empty: every linear layer but the head)"
+    )
+    lora_adapter: str | None = opt(
+        None, "existing PEFT adapter to start from (it is also the reference, frozen)"
+    )
+    merge: bool = opt(False, "with lora: also write model/merged/, the plain merged model")
+    load_in_4bit: bool = opt(False, "QLoRA: 4-bit NF4 base through bitsandbytes (CUDA only)")
+    distributed: Literal["auto", "ddp", "fsdp", "none"] = opt(
+        "auto", "under torchrun: ddp (replicas) or fsdp (FSDP2 shards); auto = ddp"
+    )
+
     def problems(self) -> list[str]:
         """Value checks that types alone cannot express."""
         out = []
@@ -157,8 +176,29 @@ class TrainConfig(LossConfig):
         from tether.losses import LOSSES
 
         if self.loss not in LOSSES:
-            return [*out, _unknown("loss", self.loss, list(LOSSES))]
-        return [*out, *LossConfig.problems(self)]
+            return [*out, _unknown("loss", self.loss, list(LOSSES)), *_scale_problems(self)]
+        return [*out, *LossConfig.problems(self), *_scale_problems(self)]
+
+
+def _scale_problems(cfg: TrainConfig) -> list[str]:
+    """Checks of the ``# --- scale`` keys."""
+    out = []
+    if cfg.lora_r < 1 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
+        out.append(
+            "lora_r: must be >= 1 with lora_alpha > 0 and lora_dropout in [0, 1), got "
+            f"{cfg.lora_r}, {cfg.lora_alpha}, {cfg.lora_dropout}"
+        )
+    if not cfg.lora:
+        given = {k: getattr(cfg, k) for k in ("lora_adapter", "merge", "load_in_4bit")}
+        set_keys = [f"{k}={'true' if v is True else v}" for k, v in given.items() if v]
+        set_keys += ["reference=lora"] if cfg.reference == "lora" else []
+        out += [f"{k.split('=')[0]}: {k} works on LoRA adapters; add lora=true" for k in set_keys]
+    if cfg.reference == "lora" and cfg.reference_model:
+        out.append("reference: reference=lora is the policy's own base, so reference_model "
+                   "does not apply; use reference=precomputed or copy with reference_model")
+    if cfg.load_in_4bit and cfg.distributed == "fsdp":
+        out.append("load_in_4bit: 4-bit weights cannot be FSDP-sharded; use distributed=ddp")
+    return out
 
 
 # --------------------------------------------------------------------------- loading

@@ -80,8 +80,12 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     trust_remote_code: bool = False,
+    quantization_config: Any = None,
 ) -> PreTrainedModel:
-    """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it)."""
+    """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it).
+
+    ``quantization_config`` (QLoRA, see ``tether.lora``) places the model on ``device`` while
+    loading, since a quantized model cannot be moved afterwards."""
     _exists_or_hub_id(name, "model")
     path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
@@ -90,13 +94,15 @@ def load_model(
             # attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, ...
             if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
                 setattr(config, key, 0.0)
+        placement = {"quantization_config": quantization_config, "device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+            path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+            **(placement if quantization_config is not None else {}),
         )
     except (OSError, ValueError) as e:
         raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None
     disable_dropout(model)
-    return model.to(device)  # type: ignore[arg-type]
+    return model if quantization_config is not None else model.to(device)  # type: ignore[arg-type]
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -105,15 +111,18 @@ def disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
-def save_model(model: PreTrainedModel, tokenizer: Any, out: Path) -> None:
+def save_model(
+    model: PreTrainedModel, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None
+) -> None:
     """``save_pretrained`` (safetensors) plus the tokenizer: loadable without tether.
+    ``state_dict``: the gathered weights of an FSDP-sharded model (``tether.distributed``).
 
     Written beside ``out`` and renamed into place, so a crash never leaves a half model there.
     """
     tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         os.rename(out, old)

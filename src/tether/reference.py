@@ -6,7 +6,8 @@
   model is in memory while training.
 - ``copy``: a frozen in-memory copy in the policy's dtype, scored batch by batch.
 - ``none``: reference-free objectives (SimPO, ORPO, RRHF, SFT).
-- ``lora`` (PEFT adapters disabled) plugs in here with the same ``__call__``.
+- ``lora``: the policy with its PEFT adapters disabled (``tether.lora.LoraReference``, same
+  ``__call__``); under torchrun ``tether.distributed`` shards the precompute and the copy.
 
 Every strategy returns per-sequence *sums* and the loop applies per-token averaging, so the
 cache does not depend on ``length_normalize``.
@@ -27,13 +28,17 @@ from typing import Protocol
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from tether.batching import PreferenceBatch, collate
 from tether.logprobs import sequence_logps
 from tether.tokenization import TokenizedPair
 
-__all__ = ["FrozenCopy", "Precomputed", "Reference", "data_fingerprint", "weights_fingerprint"]
+__all__ = [
+    "FrozenCopy", "Precomputed", "Reference", "cache_path", "data_fingerprint",
+    "weights_fingerprint",
+]
 
 log = logging.getLogger("tether")
 
@@ -45,13 +50,27 @@ class Reference(Protocol):
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
+    """SHA-256 over every parameter and buffer (names, dtypes, shapes, bytes).
+
+    An FSDP-sharded tensor is gathered one at a time (a collective: every rank calls this), so
+    the fingerprint, and the cache key, is the same at any number of ranks."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
+        t = t.full_tensor() if isinstance(t, DTensor) else t
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def cache_path(
+    cache_dir: Path, weights: str, rows: Sequence[TokenizedPair], settings: Mapping[str, object]
+) -> Path:
+    """Where one split's reference log-probs are cached: keyed by weights, rows and settings."""
+    key = hashlib.sha256(
+        json.dumps([weights, data_fingerprint(rows), dict(settings)], default=str).encode()
+    ).hexdigest()[:32]
+    return cache_dir / f"ref-{key}.safetensors"
 
 
 def data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
@@ -121,10 +140,7 @@ class Precomputed:
         table, hits = {}, 0
         cache_dir.mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
-            key = hashlib.sha256(
-                json.dumps([weights, data_fingerprint(rows), dict(settings)], default=str).encode()
-            ).hexdigest()[:32]
-            path = cache_dir / f"ref-{key}.safetensors"
+            path = cache_path(cache_dir, weights, rows, settings)
             if path.exists():
                 t = load_file(path)
                 table[split] = (t["chosen"], t["rejected"])

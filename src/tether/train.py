@@ -25,16 +25,31 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tether.batching import PreferenceBatch, collate, micro_batches, step_batches
-from tether.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from tether.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.config import TrainConfig
 from tether.data import load_completions, load_preferences, needs_chat
+from tether.distributed import (
+    Dist,
+    ScorerReference,
+    clip_grad_norm,
+    close_distributed,
+    frozen_copy,
+    frozen_scorer,
+    full_state_dict,
+    init_distributed,
+    local_module,
+    open_run_dir,
+    precompute_reference,
+    wrap_policy,
+)
 from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
-from tether.logprobs import sequence_logps
+from tether.lora import LoraReference, apply_lora, load_4bit, save_lora
 from tether.losses import LOSS_SPECS, LossOutput, call_loss, loss_config
 from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
-from tether.reference import FrozenCopy, Precomputed, Reference, data_fingerprint
+from tether.reference import Reference, data_fingerprint
 from tether.runs import RunDir
 from tether.shapes import load_shaped
+from tether.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
 from tether.steps import RankedPrecomputed, objective_step
 from tether.tokenization import TokenizedPair, tokenize_records, use_chat
 
@@ -61,6 +76,8 @@ class Setup:
     total_steps: int
     fingerprint: dict[str, Any]
     state: LoopState
+    dist: Dist  # rank and world size under torchrun (world 1 otherwise)
+    scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -69,9 +86,21 @@ def train(cfg: TrainConfig) -> Path:
     with StopOnSignal() as stop:
         finished = _loop(setup, stop)
     if finished:
-        save_model(setup.policy, setup.tokenizer, setup.run.model_dir)  # type: ignore[arg-type]
-        log.info("model saved to %s", setup.run.model_dir)
+        _save(setup)
+    close_distributed(setup.dist)  # torchrun: once every rank is done (not after an error)
     return setup.run.path
+
+
+def _save(s: Setup) -> None:
+    """``model/`` on rank 0: the full model, or the LoRA adapter (+ merged with merge=true)."""
+    state = full_state_dict(s.policy, s.dist)  # FSDP gathers to rank 0's CPU; else None
+    if not s.dist.main:
+        return
+    if s.cfg.lora:
+        save_lora(s.policy, s.tokenizer, s.run.model_dir, s.cfg, state)
+    else:
+        save_model(s.policy, s.tokenizer, s.run.model_dir, state)  # type: ignore[arg-type]
+    log.info("model saved to %s", s.run.model_dir)
 
 
 def sft(cfg: TrainConfig) -> Path:
@@ -87,11 +116,12 @@ def sft(cfg: TrainConfig) -> Path:
 def _loop(s: Setup, stop: StopOnSignal) -> bool:
     """Run to ``total_steps``; False when a signal stopped it (after a checkpoint)."""
     cfg, policy, st = s.cfg, s.policy, s.state
-    rows_per_step = cfg.batch_size * cfg.grad_accum
+    rows_per_step = cfg.batch_size * cfg.grad_accum * s.dist.world_size  # the global batch
     lengths = [r.length for r in s.train_rows]
     window: dict[str, float] = defaultdict(float)  # metric sums since the last log line
     t_start, tokens_at_start = time.perf_counter(), st.tokens
-    bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss, disable=not cfg.progress)
+    bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss,
+               disable=not cfg.progress or not s.dist.main)
     policy.train()
     while st.step < s.total_steps:
         steps = step_batches(lengths, rows_per_step, st.epoch, cfg.seed, cfg.group_by_length)
@@ -101,18 +131,19 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             # One optimizer step over grad_accum micro-batches; the loss is the mean over all
             # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
             losses = []
-            for micro in micro_batches(step_rows, cfg.grad_accum):
+            for micro in micro_batches(s.dist.shard(step_rows), cfg.grad_accum):
                 batch = collate([s.train_rows[i] for i in micro], micro, s.tokenizer.pad_token_id)
                 batch = batch.to(s.device)
                 with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                     out, stats = _forward(s, batch, "train")
-                loss = out.losses.sum() / len(step_rows)
+                # × world_size: DDP/FSDP average gradients over ranks (see tether.distributed)
+                loss = out.losses.sum() * s.dist.world_size / len(step_rows)
                 loss.backward()
                 losses.append(loss.detach())
                 _accumulate(window, stats, len(micro))
                 st.tokens += batch.tokens
             grad_norm = _clip(policy, cfg.max_grad_norm)
-            if _finite(torch.stack(losses).sum(), grad_norm, st, cfg.max_bad_steps):
+            if _finite(s.dist.sum(torch.stack(losses).sum()), grad_norm, st, cfg.max_bad_steps):
                 s.optimizer.step()
             lr = float(s.scheduler.get_last_lr()[0])  # the rate this step used, not the next one
             s.scheduler.step()
@@ -123,9 +154,10 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             window["steps"] += 1
             bar.update(1)
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
+                s.dist.sum_rows(window)  # every rank's rows
                 row = _log_row(window, st, lr)
                 elapsed = time.perf_counter() - t_start
-                row["tokens_per_s"] = (st.tokens - tokens_at_start) / elapsed
+                row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
                 st.metrics_lines += 1
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
@@ -133,13 +165,14 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             if s.eval_rows and cfg.eval_every and st.step % cfg.eval_every == 0:
                 s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
                 st.metrics_lines += 1
-            if (cfg.save_every and st.step % cfg.save_every == 0) or stop.requested:
+            stopping = s.dist.any(stop.requested)  # all ranks stop at the same step
+            if (cfg.save_every and st.step % cfg.save_every == 0) or stopping:
                 _checkpoint(s)
-            if stop.requested:
+            if stopping:
                 bar.close()
                 log.warning(
                     "stopped by %s at step %d; checkpoint written. Resume with the same "
-                    "command plus resume=true", stop.requested, st.step,
+                    "command plus resume=true", stop.requested or "another rank", st.step,
                 )
                 return False
         st.epoch += 1
@@ -155,8 +188,8 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
 def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
     """Policy log-probs -> reference log-probs -> loss, and the per-row statistics."""
     cfg = s.cfg
-    logps, counts = sequence_logps(
-        s.policy, batch.input_ids, batch.attention_mask, batch.completion_mask, cfg.logprob_chunk
+    logps, counts = s.scorer(
+        batch.input_ids, batch.attention_mask, batch.completion_mask
     )  # (2B,) sums over completion tokens, (2B,) token counts
     if LOSS_SPECS[cfg.loss].data == "completions":
         out = call_loss(cfg.loss, logps, counts)
@@ -228,8 +261,9 @@ def _finite(loss: Tensor, grad_norm: float, st: LoopState, max_bad: int) -> bool
 
 
 def _checkpoint(s: Setup) -> None:
-    path = save_checkpoint(s.run.path, s.policy, s.optimizer, s.scheduler, s.state,
-                           s.fingerprint, s.cfg.keep_checkpoints)
+    save = save_sharded_checkpoint if s.dist.active else save_checkpoint
+    path = save(s.run.path, s.policy, s.optimizer, s.scheduler, s.state, s.fingerprint,
+                s.cfg.keep_checkpoints)
     log.info("checkpoint %s", path)
 
 
@@ -258,10 +292,7 @@ class StopOnSignal:
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.stack([p.grad.detach().float().norm() for p in params]).norm())  # type: ignore[union-attr]
+    return clip_grad_norm(model, max_norm)  # works on FSDP's sharded gradients too
 
 
 # --------------------------------------------------------------------------- set-up
@@ -276,29 +307,40 @@ def seed_everything(seed: int) -> None:
 def _setup(cfg: TrainConfig) -> Setup:
     seed_everything(cfg.seed)
     spec = LOSS_SPECS[cfg.loss]
-    reference_kind = cfg.reference
+    reference_kind: str = cfg.reference
     if reference_kind == "auto":
-        reference_kind = "precomputed" if spec.needs_reference else "none"
+        # lora: the base is already in memory (unless another model is the reference)
+        default = "lora" if cfg.lora and not cfg.reference_model else "precomputed"
+        reference_kind = default if spec.needs_reference else "none"
     if spec.needs_reference and reference_kind == "none":
         raise ConfigError(
             f"reference: loss '{cfg.loss}' needs a reference; use precomputed or copy"
         )
-    device = resolve_device(cfg.device)
+    dist, device = init_distributed(cfg.distributed, resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
-    run = RunDir.create(cfg.output_dir, cfg)
+    run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
                                field="tokenizer" if cfg.tokenizer else "model")
     train_rows, eval_rows = _load_rows(cfg, tokenizer, run)
-    policy = load_model(
-        cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code
-    )
-    reference = None
-    if spec.needs_reference:
+    dist.check_rows(len(train_rows), cfg.batch_size * cfg.grad_accum)
+    if cfg.load_in_4bit:
+        policy = load_4bit(cfg, device, dtype)
+    else:
+        policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
+                            trust_remote_code=cfg.trust_remote_code)
+    policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
+    reference: Reference | None = None
+    if spec.needs_reference and reference_kind == "copy" and not cfg.reference_model:
+        # copied before wrap_policy: FSDP shards the policy in place
+        reference = frozen_copy(policy, dist, device, cfg.logprob_chunk, autocast)
+    scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
+    if spec.needs_reference and reference is None:
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
-        reference = _build_reference(cfg, reference_kind, policy, splits, tokenizer.pad_token_id,
-                                     device, dtype, autocast)
-    steps_per_epoch = max(1, len(train_rows) // (cfg.batch_size * cfg.grad_accum))
+        reference = _build_reference(cfg, reference_kind, policy, scorer, dist, splits,
+                                     tokenizer.pad_token_id, device, dtype, autocast)
+    rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
+    steps_per_epoch = max(1, len(train_rows) // rows_per_step)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
@@ -307,33 +349,36 @@ def _setup(cfg: TrainConfig) -> Setup:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
     )
-    fingerprint = _fingerprint(cfg, train_rows)
+    fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
     return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
-                 optimizer, scheduler, total, fingerprint, state)
+                 optimizer, scheduler, total, fingerprint, state, dist, scorer)
 
 
 def _build_reference(
-    cfg: TrainConfig, kind: str, policy: torch.nn.Module,
+    cfg: TrainConfig, kind: str, policy: torch.nn.Module, scorer: torch.nn.Module, dist: Dist,
     splits: dict[str, list[TokenizedPair]], pad_id: int, device: torch.device,
     dtype: torch.dtype, autocast: bool,
 ) -> Reference:
-    """The reference strategy; its model is the policy's start unless ``reference_model``."""
+    """The reference strategy; its model is the policy's start unless ``reference_model``.
+    (``copy`` of the policy itself is made in ``_setup``, before FSDP shards the policy.)"""
     if kind == "lora":
-        raise ConfigError("reference: 'lora' needs lora=true (LoRA support is not in this build)")
+        return LoraReference(policy, local_module(scorer), autocast)  # the base, adapters off
     model = policy
     if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
-        model = load_model(cfg.reference_model, dtype=dtype, device=device,
+        model = load_model(cfg.reference_model, dtype=dtype, device=dist.load_device(device),
                            trust_remote_code=cfg.trust_remote_code)
-    if kind == "copy":
-        return FrozenCopy(model, cfg.logprob_chunk, autocast)
+        scorer = frozen_scorer(model, dist, device, cfg.logprob_chunk)  # sharded under FSDP
+    if kind == "copy":  # reference_model: already a model of its own, no copy needed
+        return ScorerReference(scorer, autocast)
     common = {"pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
               "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress}
     if LOSS_SPECS[cfg.loss].data == "ranked":
+        dist.refuse_fsdp("reference=precomputed with a ranked objective", "reference=copy")
         return RankedPrecomputed.build(model, splits, **common)  # type: ignore[arg-type]
     settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
-    return Precomputed.build(
-        model, splits, cache_dir=Path(cfg.cache_dir).expanduser() / "reference",
+    return precompute_reference(
+        model, scorer, dist, splits, cache_dir=Path(cfg.cache_dir).expanduser() / "reference",
         settings=settings, **common,  # type: ignore[arg-type]
     )
 
@@ -343,11 +388,15 @@ def _build_reference(
 # length, so only an unchanged length reproduces the uninterrupted run bit for bit).
 _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
                    "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
-                   "eval_data", "max_steps", "epochs"}
+                   "eval_data", "max_steps", "epochs",
+                   # scale: the global batch (rows per step) must match, not how it is split
+                   # over ranks and micro-batches, so a run may resume at another world size
+                   "batch_size", "grad_accum", "distributed", "merge"}
 
 
-def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair]) -> dict[str, Any]:
+def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair], global_batch: int) -> dict[str, Any]:
     fp = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_KEYS}
+    fp["global_batch"] = global_batch
     fp["train_rows_sha256"] = data_fingerprint(rows)
     return json.loads(json.dumps(fp))  # as it reads back from JSON
 
@@ -367,7 +416,7 @@ def _resume(
         if run.metrics_path.exists():
             run.metrics_path.unlink()  # a fresh run in an old directory starts a new log
         return LoopState()
-    state = load_checkpoint(path, policy, optimizer, scheduler, fingerprint)
+    state = load_any_checkpoint(path, policy, optimizer, scheduler, fingerprint)
     run.truncate_metrics(state.metrics_lines)  # steps after the checkpoint are logged again
     log.info("resumed from %s (step %d)", path, state.step)
     return state

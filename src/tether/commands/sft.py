@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tether.commands import add_config_arguments, config_from_args
 from tether.config import TrainConfig
@@ -17,5 +18,6 @@ def run(args: argparse.Namespace) -> int:
 
     args.items = [*args.items, "loss=sft"]
     path = sft(config_from_args(args, TrainConfig))
-    print(f"run directory: {path}  (model: {path / 'model'})")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per process
+        print(f"run directory: {path}  (model: {path / 'model'})")
     return 0

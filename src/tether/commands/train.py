@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tether.commands import add_config_arguments, config_from_args
 from tether.config import TrainConfig
@@ -16,5 +17,6 @@ def run(args: argparse.Namespace) -> int:
     from tether.train import train
 
     path = train(config_from_args(args, TrainConfig))
-    print(f"run directory: {path}  (model: {path / 'model'})")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per process
+        print(f"run directory: {path}  (model: {path / 'model'})")
     return 0

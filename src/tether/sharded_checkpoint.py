@@ -1,0 +1,180 @@
+"""Checkpoints of a torchrun run: ``torch.distributed.checkpoint`` (DCP), sharded and reshardable.
+
+Beside ``tether.checkpoint`` (one process, safetensors), with the same directory contract:
+``checkpoints/step-N/`` is complete if it exists. Every rank writes its own shard of the
+weights and optimizer state (``__R_0.distcp``) into ``.tmp-step-N``; DCP's coordinator adds
+``.metadata``; rank 0 adds ``state.json`` and ``rng.safetensors`` (loop position, scheduler,
+RNG, fingerprint), fsyncs, and renames the directory into place.
+
+Tensors are saved under their model names (fully qualified names, not DDP's ``module.`` or
+FSDP's layout), so a checkpoint loads at any number of ranks, in DDP or FSDP, or in one plain
+process: DCP reshards on load. Frozen parameters (a LoRA run's base) are not saved: they come
+from ``model`` again. DCP's files hold tensors and a metadata index, and ``torch.load`` never
+reads them: the loader takes nothing but tensors and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
+
+from tether.checkpoint import (
+    STEP_DIR,
+    LoopState,
+    _fsync,
+    _jsonable,
+    _rng_state,
+    _set_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from tether.errors import CheckpointError
+
+__all__ = ["is_sharded", "load_any_checkpoint", "load_sharded_checkpoint",
+           "save_sharded_checkpoint"]
+
+# A LoRA run's frozen base is read from `model` again; only what trains is saved.
+_OPTIONS = StateDictOptions(ignore_frozen_params=True)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / ".metadata").is_file()
+
+
+def save_sharded_checkpoint(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: Any,
+    fingerprint: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Every rank calls this; writes ``checkpoints/step-N`` atomically and prunes old ones."""
+    root = run_dir / "checkpoints"
+    final, tmp = root / f"step-{state.step}", root / f".tmp-step-{state.step}"
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    try:
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+        if _rank() == 0:
+            _write_meta(tmp, scheduler, state, fingerprint)
+            if final.exists():  # a re-save of the same step (resumed and stopped again)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync(root)
+    except (OSError, dcp.api.CheckpointException) as e:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(run_dir)
+        kept = f"; {prev.name} is intact" if prev else ""
+        raise CheckpointError(
+            f"{final}: cannot write checkpoint ({str(e).splitlines()[0]}){kept}; free disk space "
+            "and resume with resume=true"
+        ) from None
+    _barrier()  # the directory is complete before any rank goes on
+    if _rank() == 0:
+        done = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)),
+                      key=lambda p: int(p.name.split("-")[1]))
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_meta(tmp: Path, scheduler: Any, state: Any, fingerprint: dict[str, Any]) -> None:
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    meta = {
+        "format": "dcp",
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "loop": state.__dict__,
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_meta,
+        "fingerprint": fingerprint,
+    }
+    (tmp / "state.json").write_text(json.dumps(meta, default=_jsonable), encoding="utf-8")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+
+
+def load_sharded_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    fingerprint: dict[str, Any],
+) -> LoopState:
+    """Restore a DCP checkpoint at this run's number of ranks (every rank calls this)."""
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/state.json: unreadable ({e})") from None
+    saved = meta.get("fingerprint", {})
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {fingerprint[k]!r}"
+            for k in fingerprint if saved.get(k) != fingerprint[k]]
+    if diff:
+        raise CheckpointError(
+            f"{path}: refusing to resume a different run ({'; '.join(diff)}); use the same "
+            "config or a new output_dir"
+        )
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    try:
+        # DCP loads in place, into the tensors of the state dicts given (resharding them)
+        dcp.load({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path),
+                 no_dist=not dist.is_initialized())  # a plain process may resume too
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                       options=_OPTIONS)
+        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    except (dcp.api.CheckpointException, OSError, RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not a valid tether checkpoint for this model ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]})"
+        ) from None
+    scheduler.load_state_dict(meta["scheduler"])
+    return LoopState(**meta["loop"])
+
+
+def load_any_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    fingerprint: dict[str, Any],
+) -> LoopState:
+    """Resume from either format: sharded (any number of ranks) or single-process."""
+    if is_sharded(path):
+        return load_sharded_checkpoint(path, model, optimizer, scheduler, fingerprint)
+    if any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()):
+        raise CheckpointError(
+            f"{path}: written by a single process, which FSDP cannot load; resume it with "
+            "distributed=ddp or without torchrun"
+        )
+    return load_checkpoint(path, model, optimizer, scheduler, fingerprint)

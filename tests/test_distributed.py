@@ -1,0 +1,168 @@
+"""torchrun data parallelism on CPU (gloo): 2 processes give the numbers 1 process gives.
+
+Every run here is a real ``python -m torch.distributed.run`` launch of ``tether train``. The
+one-process runs use the same global batch (batch_size × grad_accum × world_size rows per
+step), so losses, metrics and final weights must agree to float tolerance; the reference
+log-probs that 2 ranks precompute (each half the rows, all-gathered) must equal the
+one-process cache; a sharded checkpoint must resume at 2 ranks and at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_pairs, write_jsonl
+from tether.config import TrainConfig, load_config
+from tether.train import train
+
+pytestmark = pytest.mark.slow
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+COMPARED = ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
+            "grad_norm", "lr")
+
+
+def _args(root: Path, model: Path, out: str, *extra: str) -> list[str]:
+    return [f"model={model}", f"data={root / 'pairs.jsonl'}", f"output_dir={root / out}",
+            "lr=1e-3", "max_steps=4", "scheduler=constant", f"cache_dir={root / 'cache' / out}",
+            "progress=false", *extra]
+
+
+def _torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Launch; on a hang, make the workers print their stacks (faulthandler) and fail."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "tether", "--quiet", "train", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                 text=True).stdout.split()
+        for pid in workers:
+            os.kill(int(pid), signal.SIGABRT)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun hung for {timeout} s; worker stacks:\n{err[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _torchrun_ok(nproc: int, args: list[str]) -> None:
+    proc = _torchrun(nproc, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a: Path, b: Path, weights: str = "model/model.safetensors",
+                     atol: float = 2e-5, mean_atol: float | None = None) -> None:
+    ma, mb = _metrics(a), _metrics(b)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] and len(ma) >= 4
+    for x, y in zip(ma, mb, strict=True):
+        for k in COMPARED:
+            if k in x:
+                assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-6), (x["step"], k)
+    wa, wb = load_file(a / weights), load_file(b / weights)
+    assert set(wa) == set(wb)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=0, msg=k)
+        if mean_atol is not None:
+            assert (wb[k] - wa[k]).abs().mean() <= mean_atol, k
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    write_jsonl(root / "pairs.jsonl", make_pairs(32))
+    write_jsonl(root / "eval.jsonl", make_pairs(6, seed=3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(root: Path, llama_dir: Path) -> Path:
+    """The one-process run: batch 4 × accumulation 1 = the global batch of every 2-rank run."""
+    train(load_config(TrainConfig, None, _args(root, llama_dir, "single", "batch_size=4",
+                                               f"eval_data={root / 'eval.jsonl'}")))
+    return root / "single"
+
+
+def test_ddp_two_ranks_equal_one_process(root, llama_dir, single):
+    _torchrun_ok(2, _args(root, llama_dir, "ddp", "batch_size=2", "distributed=ddp",
+                       f"eval_data={root / 'eval.jsonl'}"))
+    _assert_same_run(single, root / "ddp")
+    # the precompute, split over 2 ranks and all-gathered, is the one-process cache
+    ones = sorted((root / "cache" / "single" / "reference").glob("ref-*.safetensors"))
+    assert len(ones) == 2  # train and eval
+    for one in ones:
+        two = root / "cache" / "ddp" / "reference" / one.name  # same weights, rows, settings
+        for k, v in load_file(one).items():
+            torch.testing.assert_close(load_file(two)[k], v)
+    assert _metrics(root / "ddp")[-1]["eval/loss"] == pytest.approx(
+        _metrics(single)[-1]["eval/loss"], rel=1e-5)
+
+
+def test_fsdp_two_ranks_with_accumulation_equal_one_process(root, llama_dir, single):
+    # 2 ranks × batch 1 × accumulation 2 = 4 rows per step; the reference a sharded copy
+    _torchrun_ok(2, _args(root, llama_dir, "fsdp", "batch_size=1", "grad_accum=2",
+                       "distributed=fsdp", "reference=copy", f"eval_data={root / 'eval.jsonl'}"))
+    _assert_same_run(single, root / "fsdp")
+    assert not (root / "cache" / "fsdp").exists()  # reference=copy: nothing precomputed
+
+
+def test_fsdp_resumes_from_a_sharded_checkpoint_at_two_ranks_and_at_one(root, llama_dir):
+    _torchrun_ok(2, _args(root, llama_dir, "whole", "batch_size=2", "distributed=fsdp"))
+    _torchrun_ok(2, _args(root, llama_dir, "part", "batch_size=2", "distributed=fsdp",
+                       "max_steps=2", "save_every=2"))
+    ckpt = root / "part" / "checkpoints" / "step-2"
+    assert {p.name for p in ckpt.iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                  "state.json", "rng.safetensors"}
+    shutil.copytree(root / "part", root / "part1")
+    _torchrun_ok(2, _args(root, llama_dir, "part", "batch_size=2", "distributed=fsdp",
+                       "resume=true"))
+    _assert_same_run(root / "whole", root / "part", atol=0)  # same ranks: bit for bit
+    # the same checkpoint resumed by one plain process with the same global batch
+    train(load_config(TrainConfig, None, _args(root, llama_dir, "part1", "batch_size=4",
+                                               "resume=true")))
+    _assert_same_run(root / "whole", root / "part1")
+
+
+LORA = ("lora=true", "lora_r=4", "merge=true")  # reference=auto is then the adapters-off base
+
+
+@pytest.fixture(scope="module")
+def lora_single(root: Path, llama_dir: Path) -> Path:
+    train(load_config(TrainConfig, None, _args(root, llama_dir, "lora1", "batch_size=4", *LORA)))
+    return root / "lora1"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_lora_two_ranks_equal_one_process(root, llama_dir, lora_single, mode):
+    _torchrun_ok(2, _args(root, llama_dir, f"lora-{mode}", "batch_size=2",
+                          f"distributed={mode}", *LORA))
+    # Adam divides by sqrt(v): on the few adapter entries whose gradient is ~0 (A, while B is
+    # still ~0), float-order noise becomes a step of up to lr. So: a loose bound on the worst
+    # entry (5% of what 4 steps of lr=1e-3 can move a weight) and a tight one on the mean.
+    for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
+        _assert_same_run(lora_single, root / f"lora-{mode}", weights, atol=2e-4, mean_atol=1e-6)
+
+
+def test_too_few_rows_for_the_global_batch_is_refused(root, llama_dir, tmp_path):
+    write_jsonl(tmp_path / "pairs.jsonl", make_pairs(3))
+    proc = _torchrun(2, _args(tmp_path, llama_dir, "few", "batch_size=2"))
+    assert proc.returncode != 0
+    assert "batch_size: 3 training rows are fewer than one global step" in proc.stderr
