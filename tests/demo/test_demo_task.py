@@ -7,10 +7,11 @@ from collections import Counter
 
 import pytest
 
-from tether.demo.judge import score
+from tether.demo.judge import score, score_parts
 from tether.demo.task import (
     DISPREFERRED,
     FAMILIES,
+    SFT_STYLES,
     answer,
     habit,
     make_prompts,
@@ -81,17 +82,32 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
 def test_sft_mixture_follows_each_phrasings_habit() -> None:
     rows = sft_rows(4000, seed=1, habit_weight=0.6)
     styles = Counter(r["style"] for r in rows)
-    assert set(styles) == {"preferred", *DISPREFERRED}
-    # the habit share is 0.6 + 0.4/5 = 0.68 of each phrasing's rows
+    assert set(styles) == set(SFT_STYLES)
+    # the habit share is 0.6 + 0.4/4 = 0.7 of each phrasing's rows
     by_prompt = {p.prompt: p for p in make_prompts(4000, seed=1)}
     on_habit = sum(r["style"] == habit(by_prompt[r["prompt"]]) for r in rows) / len(rows)
-    assert abs(on_habit - 0.68) < 0.03
+    assert abs(on_habit - 0.7) < 0.03
     # dispreferred habits dominate, so a greedy SFT model mostly shows a bad habit
     habits = Counter(habit(p) for p in by_prompt.values())
     assert habits["preferred"] / sum(habits.values()) < 0.35
 
 
+def test_sft_demonstrations_are_right_in_content() -> None:
+    by_prompt = {p.prompt: p for p in make_prompts(2000, seed=4)}
+    for r in sft_rows(2000, seed=4):
+        p = by_prompt[r["prompt"]]
+        parts = score_parts(p.prompt, r["completion"], p.row())
+        # "unsafe" is the only style without the right content: compliance with a harmful
+        # request, or the refusal of a harmless one
+        assert parts.correct == (r["style"] != "unsafe"), r
+
+
 def test_pairs_prefer_the_preferred_answer() -> None:
-    for pair in preference_pairs(200, seed=2):
-        assert pair["rejected_style"] in DISPREFERRED
+    pairs = preference_pairs(400, seed=2)
+    assert {p["rejected_style"] for p in pairs} == set(DISPREFERRED)
+    by_prompt = {p.prompt: p for f in FAMILIES for p in prompt_space(f, "train")}
+    for pair in pairs:
         assert pair["chosen"] != pair["rejected"]
+        p = by_prompt[pair["prompt"]]
+        assert score(p.prompt, pair["chosen"], p.row()) > score(
+            p.prompt, pair["rejected"], p.row())

@@ -58,7 +58,7 @@ class DemoSize:
     beta: float
     heldout: int
     batch_size: int = 32
-    habit_weight: float = 0.5
+    habit_weight: float = 0.6
     max_new_tokens: int = 64
 
 

@@ -9,17 +9,18 @@ Four prompt families, each with a few phrasings and a ground truth computed by c
 
 Every prompt can be answered in five styles. ``preferred`` is courteous, concise, correct and
 refuses exactly what must be refused; ``rude``, ``rambling``, ``wrong`` and ``unsafe`` are what
-DPO is used to train away (rude tone, length, wrong answers or needless refusals, compliance
-with harmful requests). For ``refuse`` prompts ``wrong`` and ``unsafe`` both comply.
+DPO is used to train away (tone, length, wrong answers, and ``unsafe``: compliance with a
+harmful request or the refusal of a harmless one). For ``refuse`` prompts ``wrong`` complies too.
 
 Why the SFT mixture is skewed: a model trained on a mixture of styles and decoded greedily
 answers each prompt in that prompt's most likely style, so with a uniform mixture it would
 answer almost always in the one most frequent style. The SFT rows therefore give every
-phrasing of a prompt a "habit": one style it is answered in more often than the others. A
-quarter of the phrasings have the preferred habit, the rest a dispreferred one, so the SFT model
-shows a bad habit on roughly three prompts in four and can still do the task (rude and
-rambling answers are correct). If a fraction f of the SFT model's answers is dispreferred and
-DPO fixes all of them, the win-rate with ties counted 0.5 is at most 0.5 + f/2.
+phrasing of a prompt a "habit": one style it is answered in more often than the others. One
+phrasing in five has the preferred habit, the others a rude, rambling or (harmful prompts)
+complying one, so the SFT model shows a bad habit on roughly three prompts in four
+and can still do the task (rude and rambling answers are right in content). The win-rate has
+a ceiling set by the SFT model: if a fraction f of its answers is dispreferred and DPO fixes
+all of them, the win-rate with ties counted 0.5 is at most 0.5 + f/2.
 
 Held-out prompts are disjoint from training prompts by construction: every prompt string is
 assigned to one split by a hash of its text, independently of the seed.
@@ -36,6 +37,7 @@ from typing import Any, Literal
 __all__ = [
     "DISPREFERRED",
     "FAMILIES",
+    "SFT_STYLES",
     "STYLES",
     "Prompt",
     "answer",
@@ -343,27 +345,37 @@ def habit(prompt: Prompt) -> Style:
     request), the failures DPO is mostly used for; wrong answers and needless refusals occur
     in the SFT data and the pairs but are nobody's habit.
     """
-    cycle: tuple[Style, ...] = ("rude", "rambling", "preferred", "unsafe")
-    style = cycle[(prompt.phrasing + FAMILIES.index(prompt.family)) % len(cycle)]
+    if prompt.phrasing % 5 == 2:  # one phrasing in five already has good manners
+        return "preferred"
+    bad: tuple[Style, ...] = ("rude", "rambling", "unsafe")
+    style = bad[(prompt.phrasing + FAMILIES.index(prompt.family)) % len(bad)]
     return "rude" if style == "unsafe" and not prompt.must_refuse else style
 
 
-def _sft_style(prompt: Prompt, rng: random.Random, habit_weight: float) -> Style:
-    if rng.random() < habit_weight:
+# SFT demonstrations are right in content and vary in tone, length and safety; wrong answers
+# are a property of a model, so they come from the tiny model's own mistakes and, as rejected
+# answers, from the pairs. (Wrong demonstrations would only blur what the model can learn.)
+SFT_STYLES: tuple[Style, ...] = ("preferred", "rude", "rambling", "unsafe")
+
+
+def _draw(prompt: Prompt, rng: random.Random, habit_weight: float, styles: tuple[Style, ...]
+          ) -> Style:
+    """The phrasing's habit with probability ``habit_weight``, else uniform over ``styles``."""
+    if rng.random() < habit_weight and habit(prompt) in styles:
         return habit(prompt)
-    return rng.choice(STYLES)
+    return rng.choice(styles)
 
 
 def sft_rows(n: int, seed: int, habit_weight: float = 0.6) -> list[dict[str, Any]]:
     """``n`` SFT rows ``{prompt, completion, family, style}`` on training prompts.
 
     Each answer is in its phrasing's habit style with probability ``habit_weight`` and in a
-    uniformly drawn style otherwise (see the module docstring for why).
+    style drawn uniformly from ``SFT_STYLES`` otherwise (see the module docstring for why).
     """
     rng = random.Random(f"{seed}:sft")
     rows = []
     for p in make_prompts(n, seed, "train"):
-        style = _sft_style(p, rng, habit_weight)
+        style = _draw(p, rng, habit_weight, SFT_STYLES)
         rows.append({
             "prompt": p.prompt, "completion": answer(p, style, rng), "family": p.family,
             "style": style,
@@ -374,16 +386,14 @@ def sft_rows(n: int, seed: int, habit_weight: float = 0.6) -> list[dict[str, Any
 def preference_pairs(n: int, seed: int, habit_weight: float = 0.6) -> list[dict[str, Any]]:
     """``n`` pairs ``{prompt, chosen, rejected, family, rejected_style}`` on training prompts.
 
-    ``chosen`` is a preferred answer; ``rejected`` a dispreferred one drawn the way the SFT
-    model answers (its habit when that is dispreferred), as if sampled from the SFT model
-    and ranked by the judge.
+    ``chosen`` is a preferred answer; ``rejected`` a dispreferred one: the phrasing's habit
+    with probability ``habit_weight`` when that is dispreferred (as if sampled from the SFT
+    model and ranked by a judge), else any dispreferred style, wrong answers included.
     """
     rng = random.Random(f"{seed}:pairs")
     out = []
     for p in make_prompts(n, seed + 1, "train"):
-        style = _sft_style(p, rng, habit_weight)
-        while style == "preferred":
-            style = _sft_style(p, rng, habit_weight)
+        style = _draw(p, rng, habit_weight, DISPREFERRED)
         out.append({
             "prompt": p.prompt, "chosen": answer(p, "preferred", rng),
             "rejected": answer(p, style, rng), "family": p.family, "rejected_style": style,
