@@ -21,15 +21,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tether.batching import PreferenceBatch, collate, micro_batches, step_batches
+from tether.batching import micro_batches, step_batches
 from tether.config import TrainConfig
 from tether.data import load_completions, load_preferences, needs_chat
 from tether.errors import ConfigError, DataError
-from tether.logprobs import sequence_logps
 from tether.losses import LOSS_SPECS, LossOutput, call_loss
 from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
+from tether.prefix_sharing import Batch, batch_logps, make_batch
 from tether.reference import FrozenCopy, Precomputed, Reference
 from tether.runs import RunDir
+from tether.speed import apply_levers
 from tether.tokenization import TokenizedPair, tokenize_records, use_chat
 
 __all__ = ["sft", "train"]
@@ -89,7 +90,8 @@ def _loop(s: Setup) -> None:
             # One optimizer step over grad_accum micro-batches; the loss is the mean over all
             # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
             for micro in micro_batches(step_rows, cfg.grad_accum):
-                batch = collate([s.train_rows[i] for i in micro], micro, s.tokenizer.pad_token_id)
+                rows = [s.train_rows[i] for i in micro]
+                batch = make_batch(rows, micro, s.tokenizer.pad_token_id, cfg.prefix_sharing)
                 batch = batch.to(s.device)
                 with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                     out, stats = _forward(s, batch, "train")
@@ -120,12 +122,11 @@ def _loop(s: Setup) -> None:
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
 
 
-def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
+def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
     """Policy log-probs -> reference log-probs -> loss, and the per-row statistics."""
     cfg = s.cfg
-    logps, counts = sequence_logps(
-        s.policy, batch.input_ids, batch.attention_mask, batch.completion_mask, cfg.logprob_chunk
-    )  # (2B,) sums over completion tokens, (2B,) token counts
+    # (2B,) sums over completion tokens, (2B,) token counts
+    logps, counts = batch_logps(s.policy, batch, cfg.logprob_chunk)
     if LOSS_SPECS[cfg.loss].data == "completions":
         out = call_loss(cfg.loss, logps, counts)
         return out, {"loss": out.losses.detach(), "logps/chosen": logps.detach()}
@@ -160,7 +161,8 @@ def evaluate_pairs(s: Setup) -> dict[str, float]:
     idx = list(range(len(s.eval_rows)))
     for start in range(0, len(idx), s.cfg.eval_batch_size):
         chunk = idx[start : start + s.cfg.eval_batch_size]
-        batch = collate([s.eval_rows[i] for i in chunk], chunk, s.tokenizer.pad_token_id)
+        rows = [s.eval_rows[i] for i in chunk]
+        batch = make_batch(rows, chunk, s.tokenizer.pad_token_id, s.cfg.prefix_sharing)
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
             _, stats = _forward(s, batch.to(s.device), "eval")
         _accumulate(window, stats, len(chunk))
@@ -218,22 +220,25 @@ def _setup(cfg: TrainConfig) -> Setup:
     reference: Reference | None = None
     if spec.needs_reference and reference_kind == "precomputed":
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
-        settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
+        settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type,
+                    "prefix_sharing": cfg.prefix_sharing}
         reference = Precomputed.build(
             policy, splits, pad_id=tokenizer.pad_token_id, batch_size=cfg.eval_batch_size,
             device=device, chunk=cfg.logprob_chunk,
             cache_dir=Path(cfg.cache_dir).expanduser() / "reference", settings=settings,
-            autocast=autocast, progress=cfg.progress,
+            autocast=autocast, progress=cfg.progress, prefix_sharing=cfg.prefix_sharing,
         )
     elif spec.needs_reference and reference_kind == "copy":
         reference = FrozenCopy(policy, cfg.logprob_chunk, autocast)
     elif reference_kind == "lora":
         raise ConfigError("reference: 'lora' needs lora=true (LoRA support is not in this build)")
+    apply_levers(cfg, policy)  # after the reference pass, which needs neither
     steps_per_epoch = max(1, len(train_rows) // (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
         betas=(cfg.adam_betas[0], cfg.adam_betas[1]), weight_decay=cfg.weight_decay,
+        fused=cfg.fused_adamw,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
