@@ -130,6 +130,12 @@ def test_prefix_sharing_needs_a_mask_taking_attention(llama):
         shared_logps(llama, collate_shared(random_pairs(2), range(2), 0), 1024)
 
 
+def test_prefix_sharing_refuses_rows_longer_than_a_sliding_window(llama):
+    llama.config.sliding_window = 8  # the custom mask would silently drop the window
+    with pytest.raises(ConfigError, match="sliding window"):
+        shared_logps(llama, collate_shared(random_pairs(2), range(2), 0), 1024)
+
+
 def test_sft_rows_stay_plain():
     rows = [TokenizedPair([1, 4], [5, 6], [])]
     assert not hasattr(make_batch(rows, [0], 0, prefix_sharing=True), "allowed")

@@ -134,7 +134,17 @@ def _attention_mask(model: nn.Module, allowed: Tensor, dtype: torch.dtype) -> Te
     """The 4D mask ``(R, 1, L, L)`` in the form the model's attention implementation takes."""
     unwrap = getattr(model, "get_base_model", None)  # PEFT
     inner = unwrap() if callable(unwrap) else model
-    impl = getattr(inner.config, "_attn_implementation", None) or "eager"
+    cfg = inner.config
+    window = getattr(cfg, "sliding_window", None)
+    if not getattr(cfg, "use_sliding_window", True):  # Qwen2 carries a window it does not use
+        window = None
+    if window and allowed.shape[-1] > window:
+        # our 4D mask replaces the model's own, sliding window included
+        raise ConfigError(
+            f"prefix_sharing: a pair spans {allowed.shape[-1]} tokens, more than the model's "
+            f"sliding window ({window}); set prefix_sharing=false for this model"
+        )
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl == "sdpa":
         return allowed[:, None]
     if impl == "eager":
