@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "iterate": ("tether.commands.iterate", "iterative DPO: sample, judge, train, evaluate, repeat"),
     "eval": ("tether.eval.cli", "win-rate of the trained model against its reference"),
     "label": ("tether.ui.cli", "a local web page where people judge answers side by side"),
+    "demo": ("tether.demo.cli", "the whole method end to end on a tiny model, offline, minutes"),
 }
 
 
