@@ -104,6 +104,16 @@ class TrainConfig(LossConfig):
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     trust_remote_code: bool = opt(False, "allow model code from the hub (off unless you ask)")
 
+    # --- speed and memory (each lever is measured in bench/README.md)
+    prefix_sharing: bool = opt(
+        True, "score each pair as one prompt‖chosen‖rejected sequence: the prompt runs once"
+    )
+    gradient_checkpointing: bool = opt(
+        False, "recompute layer activations in the backward pass: less memory, more compute"
+    )
+    compile: bool = opt(False, "torch.compile the model's layers (slow first steps)")
+    fused_adamw: bool = opt(True, "use PyTorch's fused AdamW kernel (CPU and CUDA)")
+
     # --- logging and evaluation
     log_every: int = opt(1, "write metrics every N optimizer steps")
     eval_every: int = opt(0, "evaluate on eval_data every N steps (0: only at the end)")

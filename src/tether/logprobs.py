@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SequenceLogProbs", "sequence_logps", "split_head"]
+__all__ = ["SequenceLogProbs", "head_logps", "sequence_logps", "split_head"]
 
 
 class _ChunkedTokenLogProbs(torch.autograd.Function):
@@ -105,13 +105,7 @@ def sequence_logps(
     target_mask = completion_mask[:, 1:].bool()  # (B, T-1)
     h = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
-    if torch.is_autocast_enabled(h.device.type):
-        compute_dtype = torch.get_autocast_dtype(h.device.type)
-    else:
-        compute_dtype = head.weight.dtype
-    token_logps = _ChunkedTokenLogProbs.apply(
-        h, head.weight, head.bias, targets, chunk, compute_dtype
-    )  # (N,) fp32
+    token_logps = head_logps(head, h, targets, chunk)  # (N,) fp32
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(
         target_mask
     )[target_mask]  # (N,) which sequence each token belongs to
@@ -119,6 +113,18 @@ def sequence_logps(
     sums = sums.index_add(0, rows, token_logps)
     counts = target_mask.sum(1)
     return sums, counts
+
+
+def head_logps(head: nn.Linear, h: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """log softmax(head(h))[targets] ``(N,)`` fp32 for hidden states ``h`` ``(N, H)``, chunked."""
+    if torch.is_autocast_enabled(h.device.type):
+        compute_dtype = torch.get_autocast_dtype(h.device.type)
+    else:
+        compute_dtype = head.weight.dtype
+    out: Tensor = _ChunkedTokenLogProbs.apply(
+        h, head.weight, head.bias, targets, chunk, compute_dtype
+    )
+    return out
 
 
 class SequenceLogProbs(nn.Module):

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from tether.batching import PreferenceBatch, collate
-from tether.logprobs import sequence_logps
+from tether.batching import PreferenceBatch
+from tether.prefix_sharing import Batch, batch_logps, make_batch
 from tether.tokenization import TokenizedPair
 
 __all__ = [
@@ -93,6 +93,7 @@ def score_rows(
     autocast: bool = False,
     desc: str = "reference",
     progress: bool = True,
+    prefix_sharing: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Log-prob sums of every row's chosen and rejected completion, ``(N,)`` each, fp32."""
     was_training = model.training
@@ -103,11 +104,9 @@ def score_rows(
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
         idx = order[s : s + batch_size]
-        b = collate([rows[i] for i in idx], idx, pad_id).to(device)
+        b = make_batch([rows[i] for i in idx], idx, pad_id, prefix_sharing).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            sums, _ = sequence_logps(
-                model, b.input_ids, b.attention_mask, b.completion_mask, chunk
-            )
+            sums, _ = batch_logps(model, b, chunk)
         chosen[idx] = sums[: b.pairs].float().cpu()
         rejected[idx] = sums[b.pairs :].float().cpu()
     model.train(was_training)
@@ -135,6 +134,7 @@ class Precomputed:
         settings: Mapping[str, object],
         autocast: bool = False,
         progress: bool = True,
+        prefix_sharing: bool = False,
     ) -> Precomputed:
         weights = weights_fingerprint(model)
         table, hits = {}, 0
@@ -149,7 +149,7 @@ class Precomputed:
                 continue
             c, r = score_rows(
                 model, rows, pad_id, batch_size, device, chunk, autocast, f"reference ({split})",
-                progress,
+                progress, prefix_sharing,
             )
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             save_file({"chosen": c.contiguous(), "rejected": r.contiguous()}, str(tmp))
@@ -159,7 +159,7 @@ class Precomputed:
         out.cache_hits = hits
         return out
 
-    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
+    def __call__(self, batch: Batch, split: str) -> tuple[Tensor, Tensor]:
         c, r = self.table[split]
         idx = batch.index.cpu()
         return c[idx].to(batch.input_ids.device), r[idx].to(batch.input_ids.device)
@@ -174,10 +174,8 @@ class FrozenCopy:
         self.autocast = autocast
 
     @torch.inference_mode()
-    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
+    def __call__(self, batch: Batch, split: str) -> tuple[Tensor, Tensor]:
         dev = batch.input_ids.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            sums, _ = sequence_logps(
-                self.model, batch.input_ids, batch.attention_mask, batch.completion_mask, self.chunk
-            )
+            sums, _ = batch_logps(self.model, batch, self.chunk)
         return sums[: batch.pairs].clone(), sums[batch.pairs :].clone()

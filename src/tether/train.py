@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tether.batching import PreferenceBatch, collate, micro_batches, step_batches
+from tether.batching import micro_batches, step_batches
 from tether.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.config import TrainConfig
 from tether.data import load_completions, load_preferences, needs_chat
@@ -46,10 +46,12 @@ from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
 from tether.lora import LoraReference, apply_lora, load_4bit, save_lora
 from tether.losses import LOSS_SPECS, LossOutput, call_loss, loss_config
 from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
+from tether.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.reference import Reference, data_fingerprint
 from tether.runs import RunDir
 from tether.shapes import load_shaped
 from tether.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
+from tether.speed import apply_levers
 from tether.steps import RankedPrecomputed, objective_step
 from tether.tokenization import TokenizedPair, tokenize_records, use_chat
 
@@ -78,6 +80,7 @@ class Setup:
     state: LoopState
     dist: Dist  # rank and world size under torchrun (world 1 otherwise)
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
+    prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -132,7 +135,8 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
             losses = []
             for micro in micro_batches(s.dist.shard(step_rows), cfg.grad_accum):
-                batch = collate([s.train_rows[i] for i in micro], micro, s.tokenizer.pad_token_id)
+                rows = [s.train_rows[i] for i in micro]
+                batch = make_batch(rows, micro, s.tokenizer.pad_token_id, s.prefix_sharing)
                 batch = batch.to(s.device)
                 with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                     out, stats = _forward(s, batch, "train")
@@ -185,16 +189,19 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     return True
 
 
-def _forward(s: Setup, batch: PreferenceBatch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
+def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
     """Policy log-probs -> reference log-probs -> loss, and the per-row statistics."""
     cfg = s.cfg
-    logps, counts = s.scorer(
-        batch.input_ids, batch.attention_mask, batch.completion_mask
-    )  # (2B,) sums over completion tokens, (2B,) token counts
+    if isinstance(batch, SharedPrefixBatch):  # one process only: no wrapper to go through
+        logps, counts = batch_logps(s.policy, batch, cfg.logprob_chunk)
+    else:
+        logps, counts = s.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+    # (2B,) sums over completion tokens, (2B,) token counts
     if LOSS_SPECS[cfg.loss].data == "completions":
         out = call_loss(cfg.loss, logps, counts)
         return out, {"loss": out.losses.detach(), "logps/chosen": logps.detach()}
-    ref = s.reference(batch, split) if s.reference is not None else None
+    # A shared-prefix batch only meets references that read log-probs by row (_shares_prefix).
+    ref = s.reference(batch, split) if s.reference is not None else None  # type: ignore[arg-type]
     rows = s.train_rows if split == "train" else s.eval_rows
     batch_rows = [rows[i] for i in batch.index.tolist()]
     # the objective's shape decides the layout; beta defaults, length_normalize, nll_weight
@@ -210,7 +217,8 @@ def evaluate_pairs(s: Setup) -> dict[str, float]:
     idx = list(range(len(s.eval_rows)))
     for start in range(0, len(idx), s.cfg.eval_batch_size):
         chunk = idx[start : start + s.cfg.eval_batch_size]
-        batch = collate([s.eval_rows[i] for i in chunk], chunk, s.tokenizer.pad_token_id)
+        rows = [s.eval_rows[i] for i in chunk]
+        batch = make_batch(rows, chunk, s.tokenizer.pad_token_id, s.prefix_sharing)
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
             _, stats = _forward(s, batch.to(s.device), "eval")
         _accumulate(window, stats, len(chunk))
@@ -339,12 +347,14 @@ def _setup(cfg: TrainConfig) -> Setup:
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
         reference = _build_reference(cfg, reference_kind, policy, scorer, dist, splits,
                                      tokenizer.pad_token_id, device, dtype, autocast)
+    apply_levers(cfg, policy)  # after the reference pass, which needs neither
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
         betas=(cfg.adam_betas[0], cfg.adam_betas[1]), weight_decay=cfg.weight_decay,
+        fused=cfg.fused_adamw and dist.world_size == 1,  # no fused kernel for sharded DTensors
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
@@ -352,7 +362,19 @@ def _setup(cfg: TrainConfig) -> Setup:
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
     return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
-                 optimizer, scheduler, total, fingerprint, state, dist, scorer)
+                 optimizer, scheduler, total, fingerprint, state, dist, scorer,
+                 _shares_prefix(cfg, spec.data, reference_kind, dist))
+
+
+def _shares_prefix(cfg: TrainConfig, data: str, reference_kind: str, dist: Dist) -> bool:
+    """Prefix sharing where it is exact and tested: one process (under DDP/FSDP the forward
+    must go through the wrapper), pairs (not KTO or whole rankings), and a reference that
+    reads log-probs by row (precomputed) or needs none. Elsewhere: plain batches."""
+    ok = dist.world_size == 1 and data == "pairs" and reference_kind in ("precomputed", "none")
+    if cfg.prefix_sharing and not ok:
+        log.info("prefix_sharing: off for this run (distributed, non-pair data, or a "
+                 "reference=%s that scores batches itself)", reference_kind)
+    return cfg.prefix_sharing and ok
 
 
 def _build_reference(
