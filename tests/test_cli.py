@@ -176,3 +176,18 @@ def test_sft_command(tmp_path, llama_dir):
                  *quiet(tmp_path)]) == 0
     assert load_config(TrainConfig, tmp_path / "run" / "config.yaml").loss == "sft"
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_debug_shows_the_traceback_that_plain_runs_hide():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    args = [sys.executable, "-m", "tether", "train", "model=m", "data=d.jsonl", "bta=1"]
+    plain = subprocess.run(args, capture_output=True, text=True, env=env)
+    debug = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True,
+                           env=env)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert "unknown key 'bta' (did you mean 'beta'?)" in plain.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
