@@ -1,23 +1,33 @@
-"""The demo end to end (reduced size), and its command line."""
+"""The demo end to end (reduced size), iterative DPO on its task, and its command line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tether.cli import main
 
 
-@pytest.mark.slow
-def test_small_demo_shows_dpo_beating_sft_and_leaves_an_ordinary_run_dir(tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One run of ``tether demo size=small`` (about 30 CPU-seconds) shared by the tests here;
+    they only read it."""
     from tether.demo.run import demo
 
-    out = tmp_path / "demo"
-    summary = demo(str(out), seed=0, size="small", progress=False)
+    out = tmp_path_factory.mktemp("small-demo") / "demo"
+    return out, demo(str(out), seed=0, size="small", progress=False)
+
+
+@pytest.mark.slow
+def test_small_demo_shows_dpo_beating_sft_and_leaves_an_ordinary_run_dir(
+    tmp_path: Path, small_demo: tuple[Path, dict[str, Any]]
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, summary = small_demo
 
     results = json.loads((out / "eval" / "results.json").read_text())
     assert {"win_rate", "ci95", "wins", "ties", "losses", "n"} <= set(results)
@@ -46,11 +56,77 @@ def test_small_demo_shows_dpo_beating_sft_and_leaves_an_ordinary_run_dir(tmp_pat
     # and `tether eval` works on the output directory like on any run directory
     rc = main(["--quiet", "eval", f"model={out}", f"data={out / 'data' / 'heldout.jsonl'}",
                "judge_rule=tether.demo.judge:score", "max_new_tokens=64", "progress=false",
-               f"cache_dir={out / 'cache'}", f"output_dir={tmp_path / 'again'}"])
+               f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'again'}"])
     assert rc == 0
     again = json.loads((tmp_path / "again" / "eval" / "results.json").read_text())
     assert (again["wins"], again["ties"], again["losses"]) == (
         results["wins"], results["ties"], results["losses"])
+
+
+def _scores(eval_dir: Path, rows: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
+    """prompt index -> (policy's, reference's) rule score, from an eval's answers.jsonl."""
+    from tether.demo.judge import score
+
+    out = {}
+    for line in (eval_dir / "answers.jsonl").read_text().splitlines():
+        a = json.loads(line)
+        row = rows[a["prompt_index"]]
+        out[a["prompt_index"]] = (score("", a["policy"], row), score("", a["reference"], row))
+    return out
+
+
+@pytest.mark.slow
+def test_second_iterate_round_keeps_what_the_first_gained(
+    tmp_path: Path, small_demo: tuple[Path, dict[str, Any]]
+) -> None:
+    """Online DPO on the demo task from its SFT model: each round samples 4 answers to 400
+    training prompts, ranks them with the task's rule judge and trains on best vs worst,
+    anchored to the previous round's model. Round 1 must gain on the SFT model, and round 2
+    must keep that gain (win-rate, mean score, and the very prompts round 1 won)."""
+    from tether.config import build_config
+    from tether.demo.task import make_prompts
+    from tether.iterate import IterateConfig, iterate
+
+    demo_dir, _ = small_demo
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(
+        json.dumps({**p.row(), "prompt": [{"role": "user", "content": p.prompt}]}) + "\n"
+        for p in make_prompts(400, seed=1, split="train", unique=True)))
+    heldout = demo_dir / "data" / "heldout.jsonl"
+    history = iterate(build_config(IterateConfig, {
+        "model": str(demo_dir / "sft" / "model"), "data": str(prompts),
+        "eval_data": str(heldout), "output_dir": str(tmp_path / "it"), "rounds": 2,
+        "judge": "rule", "judge_rule": "tether.demo.judge:score", "num_answers": 4,
+        "max_new_tokens": 64, "batch_size": 64, "cache_dir": str(tmp_path / "cache"),
+        "train": {"lr": 1e-4, "beta": 0.5, "max_steps": 60, "batch_size": 32,
+                  "warmup_steps": 5, "scheduler": "cosine", "max_length": 160},
+        "progress": False, "device": "cpu"}))
+
+    first, second = history
+    assert first["pairs"] >= 200 and second["pairs"] >= 200, history
+    # round 1 gained: its win-rate against the SFT model is above a coin flip, interval and all
+    assert first["ci95"][0] > 0.5, first
+    # round 2 (reference = round 1's model) did not lose it: still judged against the SFT model,
+    # its win-rate is not below round 1's by more than round 1's interval half-width
+    half = (first["ci95"][1] - first["ci95"][0]) / 2
+    assert second["win_rate"] >= first["win_rate"] - half, history
+    assert second["ci95"][0] > 0.5, second
+
+    rows = [json.loads(x) for x in heldout.read_text().splitlines()]
+    one = _scores(tmp_path / "it" / "round-1" / "eval", rows)
+    two = _scores(tmp_path / "it" / "round-2" / "eval", rows)
+    assert one.keys() == two.keys() and len(one) == len(rows)
+    mean = {name: sum(s[0] for s in d.values()) / len(d) for name, d in (("1", one), ("2", two))}
+    sft_mean = sum(s[1] for s in one.values()) / len(one)
+    assert mean["1"] > sft_mean and mean["2"] >= mean["1"] - 0.05, (sft_mean, mean)
+    won = [i for i, (p, r) in one.items() if p > r]
+    lost_again = [i for i in won if two[i][0] < two[i][1]]
+    assert len(lost_again) <= len(won) // 5, (len(won), lost_again)
+
+    # the bookkeeping of the mode: round 2 trained from and was anchored to round 1's model
+    second_cfg = (tmp_path / "it" / "round-2" / "config.yaml").read_text()
+    assert f"model: {tmp_path / 'it' / 'round-1' / 'model'}" in second_cfg
+    assert "reference_model: null" in second_cfg  # null: the reference is the policy's start
 
 
 def test_demo_help_documents_its_options(capsys: pytest.CaptureFixture[str]) -> None:
