@@ -131,3 +131,26 @@ def test_registry_builds_a_reward_model_judge(tmp_path):
     judge = build_judge(cfg, tmp_path)
     assert isinstance(judge, RewardModelJudge) and judge.identity == f"reward_model:{path}"
     assert judge("q", "a", "b").p_a == pytest.approx(1 - judge("q", "b", "a").p_a, abs=1e-6)
+
+
+def test_rule_cache_key_follows_helpers_in_the_rule_module(tmp_path, monkeypatch):
+    """Editing a helper the rule calls (not the rule itself) must invalidate cached verdicts."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "my_rules.py"
+
+    def load(helper_body: str) -> RuleJudge:
+        module.write_text(f"def _bonus(answer):\n    {helper_body}\n\n\n"
+                          "def score(prompt, answer, row):\n    return _bonus(answer)\n")
+        sys.modules.pop("my_rules", None)
+        return RuleJudge("my_rules:score")
+
+    first = load("return len(answer)")
+    again = load("return len(answer)")
+    edited = load("return -len(answer)")
+    sys.modules.pop("my_rules", None)
+    assert first.template_hash == again.template_hash
+    assert edited.template_hash != first.template_hash
+    assert first("q", "long answer", "short", None).winner == "A"
+    assert edited("q", "long answer", "short", None).winner == "B"

@@ -75,12 +75,17 @@ def _arity(fn: Callable[..., Any], spec: str, bound: Mapping[str, str]) -> int:
 
 
 def _source_hash(fn: Callable[..., Any]) -> str:
-    # The cache must forget verdicts when the rule's code changes.
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        source = getattr(fn, "__qualname__", repr(fn))
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+    """Hash of the source of the module that defines ``fn`` (or of ``fn`` alone when the module
+    has no readable source): the cache must forget verdicts when the rule's code changes,
+    including the helpers it calls in its own module."""
+    target = inspect.unwrap(getattr(fn, "func", fn))  # functools.partial and decorators
+    for obj in (inspect.getmodule(target), target):
+        try:
+            source = inspect.getsource(obj)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            continue
+        return hashlib.sha256(source.encode()).hexdigest()[:16]
+    return hashlib.sha256(getattr(fn, "__qualname__", repr(fn)).encode()).hexdigest()[:16]
 
 
 def _as_score(value: Any) -> float | None:
