@@ -82,6 +82,18 @@ def test_sample_ranks_answers_with_the_judge(tmp_path, llama_dir):
     assert all(shorter(r["prompt"], r["chosen"], r["rejected"], None) == "A" for r in every)
 
 
+def test_sample_cuts_prompts_to_the_context_window(tmp_path, tokenizer):
+    from tether.tiny import tiny_gpt2
+
+    model_dir = tmp_path / "gpt2"  # 24 learned positions: a longer prompt would index past them
+    tiny_gpt2(tokenizer, hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"prompt": "the cat sat on the mat " * 6 + "?"}, {"prompt": "the dog ?"}])
+    stats = run(_sample_cfg(tmp_path, model_dir, prompts, temperature=1.5))
+    assert stats["prompts"] == 2 and stats["prompts_truncated"] == 1
+
+
 def test_sample_config_errors_are_reported_together():
     with pytest.raises(ConfigError) as e:
         build_config(PairsConfig, {"mode": "sample", "data": "d.jsonl", "num_answers": 1,

@@ -159,7 +159,7 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     left out). ``best_vs_worst`` writes (highest, lowest) per prompt; ``all`` every pair the
     judge ordered. Prompts whose answers all look the same to the judge give no pair.
     """
-    from tether.eval.generate import Decoding, generate
+    from tether.eval.generate import Decoding, fit_to_context, generate
     from tether.eval.judges.registry import build_judge
     from tether.eval.judging import prompt_text
     from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -174,7 +174,12 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     model = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device,
                        trust_remote_code=cfg.trust_remote_code)
     chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompts[0].prompt, list))
-    ids = [prompt_ids(tokenizer, p.prompt, chat) for p in prompts]
+    ids, truncated = fit_to_context([prompt_ids(tokenizer, p.prompt, chat) for p in prompts],
+                                    [cfg.model], cfg.max_new_tokens, None,
+                                    tokenizer.bos_token_id, cfg.trust_remote_code)
+    if truncated:
+        log.warning("%d of %d prompts did not fit the context window with max_new_tokens=%d "
+                    "and lost their oldest tokens", truncated, len(prompts), cfg.max_new_tokens)
     decoding = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.num_answers, cfg.seed)
     answers: list[list[str]] = [[] for _ in prompts]
     for g in generate(model, tokenizer, ids, decoding, cfg.batch_size):
@@ -209,7 +214,8 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
         raise DataError(f"{cfg.data}: the judge saw no difference between any answers; "
                         "raise temperature or num_answers")
     n = write_jsonl(Path(cfg.output), rows)
-    return {"prompts": len(prompts), "no_difference": no_difference,
+    return {"prompts": len(prompts), "prompts_truncated": truncated,
+            "no_difference": no_difference,
             "duplicates_dropped": duplicates, "judge_calls": len(items), "written": n}
 
 

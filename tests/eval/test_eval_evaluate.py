@@ -241,3 +241,31 @@ def test_tether_cli_maps_eval_errors_to_exit_2(setup, monkeypatch, capsys, tmp_p
     code = cli.main(["eval", f"model={run}", f"data={data}", "judge=rule",
                      "judge_rule=tether.eval.rules:nope", f"cache_dir={tmp_path}"])
     assert code == 2 and "no attribute 'nope'" in capsys.readouterr().err
+
+
+def test_prompts_beyond_the_context_window_lose_their_oldest_tokens(tokenizer, tmp_path):
+    """GPT-2's learned positions end at n_positions: a prompt that, with max_new_tokens, does not
+    fit would index past them. It is cut from the left and counted instead."""
+    from tether.tiny import tiny_gpt2
+
+    model_dir = tmp_path / "gpt2"
+    tiny_gpt2(tokenizer, hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    long = "the cat sat on the mat " * 6  # about 36 tokens: over the 24-token window
+    rows = [{"prompt": long + "?"}, {"prompt": "the dog ?"}, {"prompt": long + "red ?"}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = evaluate(_cfg(model=str(model_dir), reference=str(model_dir), data=str(data),
+                            max_new_tokens=8, output_dir=str(tmp_path / "out"),
+                            cache_dir=str(tmp_path / "c"), implicit_reward="off"))
+    assert results["prompts_truncated"] == 2 and results["n"] == 3
+    assert any("2 of 3 prompts did not fit" in w for w in results["warnings"])
+    # a tighter explicit cap cuts the short prompt too
+    capped = evaluate(_cfg(model=str(model_dir), reference=str(model_dir), data=str(data),
+                           max_new_tokens=8, max_prompt_length=3, implicit_reward="off",
+                           output_dir=str(tmp_path / "capped"), cache_dir=str(tmp_path / "c")))
+    assert capped["prompts_truncated"] == 3
+    with pytest.raises(ConfigError, match="max_new_tokens: 30 leaves no room"):
+        evaluate(_cfg(model=str(model_dir), reference=str(model_dir), data=str(data),
+                      max_new_tokens=30, output_dir=str(tmp_path / "x"),
+                      cache_dir=str(tmp_path / "c"), implicit_reward="off"))

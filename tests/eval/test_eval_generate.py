@@ -93,3 +93,25 @@ def test_generation_cache_round_trip_and_keys(tmp_path):
     (tmp_path / "gen" / f"{key}.json").write_text("{broken")
     assert cache.get(key) is None
     assert GenerationCache(None).get(key) is None
+
+
+def test_fit_prompts_keeps_the_newest_tokens_and_a_leading_bos():
+    from tether.eval.generate import fit_prompts
+
+    prompts = [[1, 10, 11, 12, 13, 14], [10, 11, 12], [10, 11, 12, 13, 14]]
+    fitted, cut = fit_prompts(prompts, 4, bos_id=1)
+    assert fitted == [[1, 12, 13, 14], [10, 11, 12], [11, 12, 13, 14]] and cut == 2
+    assert fit_prompts(prompts, None, bos_id=1) == (prompts, 0)
+    assert fit_prompts(prompts, 1, bos_id=1)[0][0] == [14]  # no room for the BOS as well
+
+
+def test_context_window_is_read_from_the_config_without_the_weights(llama_dir, gpt2_dir, tmp_path):
+    import json as _json
+
+    from tether.eval.generate import context_window
+
+    llama = _json.loads((llama_dir / "config.json").read_text())["max_position_embeddings"]
+    assert context_window(str(llama_dir)) == llama
+    assert context_window(str(gpt2_dir)) == _json.loads(
+        (gpt2_dir / "config.json").read_text())["n_positions"]
+    assert context_window(str(tmp_path / "missing")) is None

@@ -92,6 +92,10 @@ class EvalConfig(JudgeConfig):
 
     # --- generation (identical for both models)
     max_new_tokens: int = opt(256, "tokens generated per answer at most")
+    max_prompt_length: int | None = opt(
+        None, "prompt tokens at most; longer prompts lose their oldest tokens (default: the "
+        "context window minus max_new_tokens)"
+    )
     temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
     top_p: float = opt(1.0, "nucleus sampling mass (with temperature > 0)")
     num_samples: int = opt(1, "answers per prompt and model (needs temperature > 0 when > 1)")
@@ -134,6 +138,8 @@ class EvalConfig(JudgeConfig):
         for name in ("max_new_tokens", "num_samples", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            out.append(f"max_prompt_length: must be >= 1 (or unset), got {self.max_prompt_length}")
         if self.max_prompts is not None and self.max_prompts < 1:
             out.append(f"max_prompts: must be >= 1 (or unset), got {self.max_prompts}")
         if self.temperature < 0:

@@ -29,7 +29,13 @@ from tether.data import PreferenceRecord, PromptRecord, load_preferences, load_p
 from tether.errors import ConfigError, ModelError
 from tether.eval.cache import JudgmentCache
 from tether.eval.config import EvalConfig
-from tether.eval.generate import Decoding, Generation, GenerationCache, generate
+from tether.eval.generate import (
+    Decoding,
+    Generation,
+    GenerationCache,
+    fit_to_context,
+    generate,
+)
 from tether.eval.hashing import weights_hash
 from tether.eval.implicit import implicit_reward_stats, pair_logps
 from tether.eval.judges.registry import build_judge
@@ -200,6 +206,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompts[0].prompt, list))
     ids = [prompt_ids(tokenizer, p.prompt, chat) for p in prompts]
     _check_tokenizers(tokenizer, paths.reference, ids, prompts, chat, cfg.trust_remote_code)
+    ids, truncated = fit_to_context(ids, [paths.model, paths.reference], cfg.max_new_tokens,
+                                    cfg.max_prompt_length, tokenizer.bos_token_id,
+                                    cfg.trust_remote_code)
     records = _preference_records(cfg, prompts)
     pair_rows: list[TokenizedPair] = []
     if records:
@@ -223,6 +232,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "judge_kind": cfg.judge,
         "implicit_reward": implicit,
         "prompts": len(prompts),
+        "prompts_truncated": truncated,
+        "warnings": results.get("warnings", []) + ([
+            f"{truncated} of {len(prompts)} prompts did not fit the context window with "
+            f"max_new_tokens={cfg.max_new_tokens} and lost their oldest tokens"
+        ] if truncated else []),
         "num_samples": cfg.num_samples,
         "decoding": {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                      "top_p": cfg.top_p, "seed": cfg.seed, "chat_template": chat},

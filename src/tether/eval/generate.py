@@ -23,9 +23,13 @@ from typing import Any, Literal
 import torch
 from transformers import GenerationConfig
 
+from tether.errors import ConfigError
 from tether.eval.hashing import digest
 
-__all__ = ["Decoding", "Generation", "GenerationCache", "generate", "stop_ids"]
+__all__ = [
+    "Decoding", "Generation", "GenerationCache", "context_window", "fit_prompts", "fit_to_context",
+    "generate", "stop_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,62 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += extra if isinstance(extra, list) else [extra]
     return sorted({int(i) for i in ids if i is not None})
+
+
+def context_window(path: str, trust_remote_code: bool = False) -> int | None:
+    """The longest sequence the model at ``path`` takes (its config's max_position_embeddings,
+    or n_positions for GPT-2-style configs), without loading the weights; None if unstated."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # loading the model itself will report what is wrong
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_to_context(
+    prompts: Sequence[list[int]], models: Sequence[str], max_new_tokens: int,
+    max_prompt_length: int | None = None, bos_id: int | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[list[list[int]], int]:
+    """Prompts cut (``fit_prompts``) so that prompt + ``max_new_tokens`` fits the smallest context
+    window of ``models``, and to ``max_prompt_length`` when given; returns them and how many
+    were cut. A window too small for ``max_new_tokens`` itself is a ConfigError."""
+    windows = [w for w in (context_window(m, trust_remote_code) for m in models) if w]
+    limits = [] if max_prompt_length is None else [max_prompt_length]
+    if windows:
+        if min(windows) - max_new_tokens < 1:
+            raise ConfigError(
+                f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in the "
+                f"{min(windows)}-token context window of the model; lower max_new_tokens"
+            )
+        limits.append(min(windows) - max_new_tokens)
+    return fit_prompts(prompts, min(limits) if limits else None, bos_id)
+
+
+def fit_prompts(
+    prompts: Sequence[list[int]], limit: int | None, bos_id: int | None = None
+) -> tuple[list[list[int]], int]:
+    """Prompts cut to ``limit`` tokens by dropping their oldest tokens (the end of a prompt, with
+    the question and the generation prompt, is what the answer follows); a leading BOS stays.
+    Returns the prompts and how many were cut."""
+    if limit is None:
+        return [list(p) for p in prompts], 0
+    out, cut = [], 0
+    for p in prompts:
+        if len(p) <= limit:
+            out.append(list(p))
+            continue
+        cut += 1
+        keep_bos = bos_id is not None and p[0] == bos_id and limit > 1
+        out.append([p[0], *p[len(p) - limit + 1:]] if keep_bos else list(p[len(p) - limit:]))
+    return out, cut
 
 
 def _left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
