@@ -25,7 +25,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tether.errors import CheckpointError
 
-__all__ = ["LoopState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "LoopState", "checkpoint_failed", "checkpoint_paths", "latest_checkpoint", "load_checkpoint",
+    "prepare_checkpoint", "prune_checkpoints", "publish_checkpoint", "save_checkpoint",
+    "write_state",
+]
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -102,6 +106,65 @@ def _load_optimizer(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+# --------------------------------------------------------------------------- atomic steps
+# Shared by the single-process and the sharded (DCP) checkpoint: a directory is built under a
+# temporary name, every file fsynced, then renamed into place, then old ones are pruned.
+
+
+def checkpoint_paths(run_dir: Path, step: int, suffix: str = "") -> tuple[Path, Path]:
+    """(final, temporary) directory of the checkpoint of step ``step``."""
+    root = run_dir / "checkpoints"
+    return root / f"step-{step}", root / f".tmp-step-{step}{suffix}"
+
+
+def prepare_checkpoint(tmp: Path) -> None:
+    """Create ``tmp`` after removing the leftovers of saves that were killed half-way."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    for stale in tmp.parent.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+
+
+def write_state(tmp: Path, meta: dict[str, Any]) -> None:
+    """The RNG states (safetensors) and ``meta`` plus their JSON half (``state.json``)."""
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**meta, "rng": rng_meta}, default=_jsonable),
+                                    encoding="utf-8")
+
+
+def publish_checkpoint(tmp: Path, final: Path) -> None:
+    """fsync every file of ``tmp`` and ``tmp`` itself, then rename it to ``final`` (replacing a
+    previous save of the same step: a run resumed and stopped again)."""
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(final.parent)
+
+
+def checkpoint_failed(final: Path, tmp: Path | None, error: BaseException) -> CheckpointError:
+    """Remove the half-written ``tmp`` (if this process owns it); the one-line error names the
+    checkpoint still intact."""
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    prev = latest_checkpoint(final.parent.parent)
+    kept = f"; {prev.name} is intact" if prev else ""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return CheckpointError(
+        f"{final}: cannot write checkpoint ({reason.splitlines()[0] if reason else error!r})"
+        f"{kept}; free disk space and resume with resume=true"
+    )
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints (all of them when ``keep`` <= 0)."""
+    for old in sorted(_complete(run_dir / "checkpoints"), key=_step)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir: Path,
     model: torch.nn.Module,
@@ -112,44 +175,18 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    final = root / f"step-{state.step}"
-    tmp = root / f".tmp-step-{state.step}-{os.getpid()}"
+    final, tmp = checkpoint_paths(run_dir, state.step, f"-{os.getpid()}")
     try:
-        tmp.mkdir()
+        prepare_checkpoint(tmp)
         save_model(model, str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        rng_tensors, rng_meta = _rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        meta = {
-            "loop": state.__dict__,
-            "scheduler": scheduler.state_dict(),
-            "optimizer": opt_meta,
-            "rng": rng_meta,
-            "fingerprint": fingerprint,
-        }
-        (tmp / "state.json").write_text(json.dumps(meta, default=_jsonable), encoding="utf-8")
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        if final.exists():  # a re-save of the same step (resumed and stopped again)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync(root)
+        write_state(tmp, {"loop": state.__dict__, "scheduler": scheduler.state_dict(),
+                          "optimizer": opt_meta, "fingerprint": fingerprint})
+        publish_checkpoint(tmp, final)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        prev = latest_checkpoint(run_dir)
-        kept = f"; {prev.name} is intact" if prev else ""
-        raise CheckpointError(
-            f"{final}: cannot write checkpoint ({e.strerror or e}){kept}; free disk space and "
-            "resume with resume=true"
-        ) from None
-    for old in sorted(_complete(root), key=_step)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        raise checkpoint_failed(final, tmp, e) from None
+    prune_checkpoints(run_dir, keep)
     return final
 
 

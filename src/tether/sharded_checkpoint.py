@@ -16,15 +16,13 @@ reads them: the loader takes nothing but tensors and JSON.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -32,14 +30,15 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from tether.checkpoint import (
-    STEP_DIR,
     LoopState,
-    _fsync,
-    _jsonable,
-    _rng_state,
     _set_rng_state,
-    latest_checkpoint,
+    checkpoint_failed,
+    checkpoint_paths,
     load_checkpoint,
+    prepare_checkpoint,
+    prune_checkpoints,
+    publish_checkpoint,
+    write_state,
 )
 from tether.errors import CheckpointError
 
@@ -73,56 +72,24 @@ def save_sharded_checkpoint(
     keep: int,
 ) -> Path:
     """Every rank calls this; writes ``checkpoints/step-N`` atomically and prunes old ones."""
-    root = run_dir / "checkpoints"
-    final, tmp = root / f"step-{state.step}", root / f".tmp-step-{state.step}"
+    final, tmp = checkpoint_paths(run_dir, state.step)
     if _rank() == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
+        prepare_checkpoint(tmp)
     _barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     try:
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
         if _rank() == 0:
-            _write_meta(tmp, scheduler, state, fingerprint)
-            if final.exists():  # a re-save of the same step (resumed and stopped again)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync(root)
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            write_state(tmp, {"format": "dcp", "world_size": world, "loop": state.__dict__,
+                              "scheduler": scheduler.state_dict(), "fingerprint": fingerprint})
+            publish_checkpoint(tmp, final)
     except (OSError, dcp.api.CheckpointException) as e:
-        if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        prev = latest_checkpoint(run_dir)
-        kept = f"; {prev.name} is intact" if prev else ""
-        raise CheckpointError(
-            f"{final}: cannot write checkpoint ({str(e).splitlines()[0]}){kept}; free disk space "
-            "and resume with resume=true"
-        ) from None
+        raise checkpoint_failed(final, tmp if _rank() == 0 else None, e) from None
     _barrier()  # the directory is complete before any rank goes on
     if _rank() == 0:
-        done = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)),
-                      key=lambda p: int(p.name.split("-")[1]))
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run_dir, keep)
     return final
-
-
-def _write_meta(tmp: Path, scheduler: Any, state: Any, fingerprint: dict[str, Any]) -> None:
-    rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    meta = {
-        "format": "dcp",
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        "loop": state.__dict__,
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_meta,
-        "fingerprint": fingerprint,
-    }
-    (tmp / "state.json").write_text(json.dumps(meta, default=_jsonable), encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
 
 
 def load_sharded_checkpoint(
