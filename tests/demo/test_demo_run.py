@@ -145,3 +145,34 @@ def test_demo_rejects_an_unknown_size_in_one_line(
     err = capsys.readouterr().err.strip()
     assert "size" in err and "huge" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def _summary(size: str, win_rate: float, low: float, seconds: float) -> dict[str, Any]:
+    return {"size": size, "results": {"win_rate": win_rate, "ci95": [low, 0.9]},
+            "total_seconds": seconds}
+
+
+def test_targets_apply_to_the_default_size_only() -> None:
+    from tether.demo.report import targets_met
+
+    assert targets_met(_summary("default", 0.8, 0.7, 100)) == {
+        "win_rate": True, "ci95_low": True, "minutes": True}
+    assert targets_met(_summary("default", 0.7, 0.55, 400)) == {
+        "win_rate": False, "ci95_low": False, "minutes": False}
+    assert targets_met(_summary("small", 0.6, 0.55, 30)) == {}
+
+
+@pytest.mark.parametrize(("check", "win_rate", "code"),
+                         [(False, 0.6, 0), (True, 0.8, 0), (True, 0.6, 1)])
+def test_check_targets_turns_a_missed_target_into_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    check: bool, win_rate: float, code: int,
+) -> None:
+    import tether.demo.run
+
+    # the demo itself is tested above; here only what the command does with its summary
+    monkeypatch.setattr(tether.demo.run, "demo",
+                        lambda *a, **k: _summary("default", win_rate, 0.7, 100))
+    args = ["--quiet", "demo", f"output_dir={tmp_path}", f"check_targets={str(check).lower()}"]
+    assert main(args) == code
+    assert ("target missed: win_rate" in capsys.readouterr().out) == (code == 1)

@@ -19,9 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tether.demo.report import targets_met
     from tether.demo.run import demo
 
     cfg = config_from_args(args, DemoConfig)
-    demo(cfg.output_dir, cfg.seed, cfg.size, device=cfg.device, progress=cfg.progress)
+    summary = demo(cfg.output_dir, cfg.seed, cfg.size, device=cfg.device, progress=cfg.progress)
     print(f"run directory: {cfg.output_dir}  report: {cfg.output_dir}/report.md")
+    missed = [name for name, ok in targets_met(summary).items() if not ok]
+    if cfg.check_targets and missed:
+        print(f"tether demo: target missed: {', '.join(missed)} (check_targets=true)")
+        return 1
     return 0

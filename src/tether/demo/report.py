@@ -19,6 +19,9 @@ TARGETS = {"win_rate": 0.75, "ci95_low": 0.60, "minutes": 5.0}
 
 
 def targets_met(summary: dict[str, Any]) -> dict[str, bool]:
+    """Whether each target is met; empty for sizes other than ``default`` (not set for them)."""
+    if summary["size"] != "default":
+        return {}
     r = summary["results"]
     return {
         "win_rate": r["win_rate"] is not None and r["win_rate"] >= TARGETS["win_rate"],
@@ -66,9 +69,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     print("-" * (width + 50))
+    print(_targets_line(summary))
+
+
+def _targets_line(summary: dict[str, Any]) -> str:
     met = targets_met(summary)
-    print("targets: " + ", ".join(
-        f"{name} {'met' if ok else 'MISSED'}" for name, ok in met.items()))
+    if not met:
+        return f"targets: set for size default only, not checked at size {summary['size']}"
+    return "targets: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in met.items())
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -150,8 +158,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
         "knows the ground truth compares both models' greedy answers on held-out prompts.", "",
         "| | |", "|---|---|",
         *(f"| {k.strip()} | {v} |" for k, v in _rows(summary)), "",
-        "Targets: " + ", ".join(f"{k} {'met' if ok else 'missed'}"
-                                for k, ok in targets_met(summary).items()) + ".", "",
+        _targets_line(summary).capitalize().replace("MISSED", "missed") + ".", "",
         *(f"![{Path(p).stem}]({p})" for p in plots), "",
         "The evaluation's own report, with the bootstrap details and the judgments: "
         "[eval/report.md](eval/report.md).", "",

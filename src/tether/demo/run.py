@@ -96,6 +96,9 @@ class DemoConfig:
         "default (about 3 minutes on 2 CPU cores) or small (under a minute, smaller win)",
     )
     device: str = opt("cpu", "cpu, cuda, cuda:N or auto (the tiny model is fastest on a CPU)")
+    check_targets: bool = opt(
+        False, "exit with status 1 when a target of the default size is missed (for CI jobs)"
+    )
     progress: bool = opt(True, "show progress bars")
 
     def problems(self) -> list[str]:
