@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tether.errors import ConfigError
 from tether.ui.app import create_app
 from tether.ui.inputs import PairItem
 from tether.ui.store import LabelStore
@@ -240,3 +241,24 @@ def test_static_script_and_style_are_served(tmp_path: Path) -> None:
     assert js.status_code == 200 and "requestSubmit" in js.text
     assert "innerHTML" not in js.text  # the script never turns text into markup
     assert client.get("/static/label.css").status_code == 200
+
+
+def test_sessions_expire_after_session_ttl_and_votes_stay(tmp_path: Path) -> None:
+    import time
+
+    store = make_store(tmp_path, n=3)
+    store.session_ttl = 1.0  # what --session-hours sets; one second here
+    client = client_for(store)
+    r = client.post("/login", data={"name": "ann"})
+    assert "max-age=1" in r.headers["set-cookie"].lower()  # the browser drops it too
+    first = page_fields(client.get("/").text)
+    assert client.post("/vote", data={**first, "choice": "A"}).status_code == 303
+    time.sleep(1.2)
+    assert client.get("/").headers["location"] == "/login"  # the old cookie no longer works
+    # a form posted with the expired session goes to the login page and counts nothing
+    r = client.post("/vote", data={**first, "choice": "B"})
+    assert r.headers["location"] == "/login" and len(store.votes()) == 1
+    login(client)  # logging in again: the same annotator, nothing lost
+    assert "1 done · 0 skipped · 2 remaining" in client.get("/").text
+    with pytest.raises(ConfigError, match="session-hours"):
+        LabelStore(tmp_path / "l.db", session_ttl=0)

@@ -98,6 +98,7 @@ class _Pages:
                                name=name, error=str(err))
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/",
+                            max_age=int(self.store.session_ttl),
                             secure=request.url.scheme == "https")
         return response
 

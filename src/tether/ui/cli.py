@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=None,
                         help="fraction of items every annotator judges, for agreement "
                              "(fixed when --db is created; default 0.1)")
+    parser.add_argument("--session-hours", type=float, default=12.0,
+                        help="a login lasts this long, then the annotator logs in again "
+                             "(default 12)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of item order and side shuffling (fixed at creation; default 0)")
     parser.add_argument("--export", type=Path, metavar="OUT.jsonl",
@@ -80,7 +83,8 @@ def _print_summary(data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     if _report_only(args) and args.items is None and not args.db.exists():
         raise ConfigError(f"--db {args.db}: no such database; give the --db you labeled with")
-    store = LabelStore(args.db, mode=args.mode, seed=args.seed, overlap=args.overlap)
+    store = LabelStore(args.db, mode=args.mode, seed=args.seed, overlap=args.overlap,
+                       session_ttl=3600 * args.session_hours)
     if args.items is not None:
         rep = store.add_items(read_items(args.items, store.mode))
         print(f"{args.items}: {rep.added} new items, {rep.already} already stored, "

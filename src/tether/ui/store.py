@@ -218,9 +218,13 @@ class LabelStore:
         seed: int | None = None,
         overlap: float | None = None,
         claim_ttl: float = 3600.0,
+        session_ttl: float = 12 * 3600.0,
     ) -> None:
         self.path = Path(path)
         self.claim_ttl = claim_ttl
+        if session_ttl <= 0:
+            raise ConfigError(f"--session-hours {session_ttl / 3600:g}: expected a positive number")
+        self.session_ttl = session_ttl
         self._local = threading.local()
         if overlap is not None and not 0.0 <= overlap <= 1.0:
             raise ConfigError(f"--overlap {overlap}: expected a fraction between 0 and 1")
@@ -351,6 +355,8 @@ class LabelStore:
             raise VoteRejected(400, f"name must be 1 to {NAME_MAX} printable characters")
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with self._db(write=True) as db:
+            # expired sessions go on every login, so the table does not grow without bound
+            db.execute("DELETE FROM sessions WHERE created < ?", (time.time() - self.session_ttl,))
             db.execute(
                 "INSERT INTO annotators (name, created) VALUES (?, ?)"
                 " ON CONFLICT (name) DO NOTHING",
@@ -366,11 +372,14 @@ class LabelStore:
         return sid, Session(annotator_id, name, csrf)
 
     def session(self, sid: str) -> Session | None:
+        """The live session of cookie ``sid``; None when unknown or older than ``session_ttl``
+        (the annotator logs in again; their votes and open item stay theirs)."""
         with self._db() as db:
             row = db.execute(
                 "SELECT s.annotator_id, a.name, s.csrf FROM sessions s"
-                " JOIN annotators a ON a.id = s.annotator_id WHERE s.id_hash = ?",
-                (_hash(sid).hex(),),
+                " JOIN annotators a ON a.id = s.annotator_id"
+                " WHERE s.id_hash = ? AND s.created >= ?",
+                (_hash(sid).hex(), time.time() - self.session_ttl),
             ).fetchone()
         return None if row is None else Session(row[0], row[1], row[2])
 
