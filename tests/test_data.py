@@ -258,3 +258,19 @@ def test_bad_row_of_tabular_sources_says_which_row(tmp_path, kind):
     where = {"parquet": f"{path}[2]", "csv": f"{path}:4", "json": f"{path}[2]"}[kind]
     with pytest.raises(DataError, match=at(where) + r": field 'rejected' is empty"):
         load_preferences(path)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_an_empty_cell_is_called_empty_not_nonetype(tmp_path, kind):
+    if kind == "csv":
+        path = tmp_path / "d.csv"
+        path.write_text("prompt,chosen,rejected\np,c,r\np2,,r2\n")
+        where = f"{path}:3"
+    else:
+        path = tmp_path / "d.jsonl"
+        path.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n'
+                        '{"prompt": "p2", "chosen": null, "rejected": "r2"}\n')
+        where = f"{path}:2"
+    with pytest.raises(DataError, match=at(where) + r": field 'chosen' is empty \(null\)") as err:
+        load_preferences(str(path))
+    assert "NoneType" not in str(err.value)

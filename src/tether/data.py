@@ -240,6 +240,8 @@ def _field_text(data: Mapping[str, Any], name: str, source: str) -> str:
     if name not in data:
         raise DataError(f"{source}: missing field '{name}'")
     v = data[name]
+    if v is None:
+        raise DataError(f"{source}: field '{name}' is empty (null); fill it in or remove the row")
     if not isinstance(v, str):
         raise DataError(f"{source}: field '{name}' must be a string, got {type(v).__name__}")
     return v
@@ -279,6 +281,8 @@ def _check_text(value: Any, name: str, source: str, allow_empty: bool = False) -
                     "message"
                 )
         return [{"role": m["role"], "content": m["content"]} for m in value]
+    if value is None and not allow_empty:  # JSON null, or an empty CSV/Parquet cell
+        raise DataError(f"{source}: field '{name}' is empty (null); fill it in or remove the row")
     raise DataError(
         f"{source}: field '{name}' must be a string or a list of messages, "
         f"got {type(value).__name__}"
