@@ -152,3 +152,34 @@ def test_precomputed_trains_like_copy_and_second_run_reads_cache(
                                                   "eval_data": None}))
     assert "read from cache" not in caplog.text
     assert len(list(cache.glob("ref-*.safetensors"))) == 3
+
+
+def test_ranked_reference_is_cached_on_disk_and_trains_like_copy(llama_dir, tmp_path, caplog):
+    """Plackett-Luce over 3 responses: the precomputed (N, K) table equals a frozen copy, and a
+    second run reads it from the cache instead of scoring again."""
+    def ranked(n: int, seed: int) -> list[dict]:
+        return [{"prompt": p["prompt"], "ranking": [3, 1, 2],
+                 "responses": [p["rejected"], " yes please thanks", " yes"]}
+                for p in make_pairs(n, seed=seed)]
+
+    data = write_jsonl(tmp_path / "ranked.jsonl", ranked(12, 1))
+    held = write_jsonl(tmp_path / "held.jsonl", ranked(6, 2))
+    common = {"model": str(llama_dir), "data": str(data), "eval_data": str(held),
+              "loss": "plackett_luce", "max_steps": 3, "lr": 1e-2,
+              "cache_dir": str(tmp_path / "cache")}
+    copy_m = read_metrics(train(train_config(tmp_path / "copy", reference="copy", **common)))
+    pre_m = read_metrics(train(train_config(tmp_path / "pre", reference="precomputed",
+                                            **common)))
+    files = sorted((tmp_path / "cache" / "reference").glob("ref-*.safetensors"))
+    assert len(files) == 2  # train and eval tables
+    for a, b in zip(copy_m, pre_m, strict=True):
+        for key in ("loss", "rewards/margins", "eval/rewards/margins"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tether"):
+        again = read_metrics(train(train_config(tmp_path / "again", reference="precomputed",
+                                                **common)))
+    assert caplog.text.count("read from cache") == 2
+    assert sorted((tmp_path / "cache" / "reference").glob("ref-*.safetensors")) == files
+    assert [r.get("loss") for r in again] == [r.get("loss") for r in pre_m]

@@ -36,7 +36,7 @@ from tether.prefix_sharing import Batch, batch_logps, make_batch
 from tether.tokenization import TokenizedPair
 
 __all__ = [
-    "FrozenCopy", "Precomputed", "Reference", "cache_path", "data_fingerprint",
+    "FrozenCopy", "Precomputed", "Reference", "cache_path", "data_fingerprint", "save_table",
     "weights_fingerprint",
 ]
 
@@ -71,6 +71,13 @@ def cache_path(
         json.dumps([weights, data_fingerprint(rows), dict(settings)], default=str).encode()
     ).hexdigest()[:32]
     return cache_dir / f"ref-{key}.safetensors"
+
+
+def save_table(path: Path, tensors: Mapping[str, Tensor]) -> None:
+    """Write a cache entry atomically: a killed run never leaves a half-written one."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def data_fingerprint(rows: Sequence[TokenizedPair]) -> str:
@@ -151,9 +158,7 @@ class Precomputed:
                 model, rows, pad_id, batch_size, device, chunk, autocast, f"reference ({split})",
                 progress, prefix_sharing,
             )
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"chosen": c.contiguous(), "rejected": r.contiguous()}, str(tmp))
-            os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+            save_table(path, {"chosen": c, "rejected": r})
             table[split] = (c, r)
         out = cls(table)
         out.cache_hits = hits

@@ -11,10 +11,13 @@ where the pair cache stores two.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -28,9 +31,12 @@ from tether.losses import (
     ranked_loss,
     unpaired_loss,
 )
+from tether.reference import cache_path, save_table, weights_fingerprint
 from tether.tokenization import TokenizedPair
 
 __all__ = ["RankedPrecomputed", "objective_step"]
+
+log = logging.getLogger("tether")
 
 Stats = dict[str, Tensor]
 RefSums = tuple[Tensor, Tensor] | None  # (first block (B,), the other blocks ((K-1)·B,))
@@ -122,12 +128,15 @@ _STEPS: dict[str, Callable[..., tuple[LossOutput, Stats]]] = {
 class RankedPrecomputed:
     """Reference log-prob sums of every response of ranked rows, ``(N, K)`` per split.
 
-    Computed once before training from the policy at its start, held in memory (not cached on
-    disk like pairs). Calls return the same layout as ``FrozenCopy`` on a ranked batch.
+    Computed once before training from the policy at its start and cached on disk like the
+    pairs' table (``tether.reference.cache_path``: weights, token ids, settings), so a second
+    run over the same rows reads it. Calls return the same layout as ``FrozenCopy`` on a ranked
+    batch.
     """
 
     def __init__(self, table: Mapping[str, Tensor]) -> None:
         self.table = table
+        self.cache_hits = 0
 
     @classmethod
     @torch.inference_mode()
@@ -140,13 +149,25 @@ class RankedPrecomputed:
         batch_size: int,
         device: torch.device,
         chunk: int,
+        cache_dir: Path | None = None,
+        settings: Mapping[str, object] | None = None,
         autocast: bool = False,
         progress: bool = True,
     ) -> RankedPrecomputed:
         was_training = model.training
         model.eval()
-        table = {}
+        table, hits = {}, 0
+        weights = weights_fingerprint(model) if cache_dir is not None else ""
         for split, rows in splits.items():
+            path = None
+            if cache_dir is not None:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                path = cache_path(cache_dir, weights, rows, {**(settings or {}), "kind": "ranked"})
+                if path.exists():
+                    table[split] = load_file(path)["sums"]
+                    hits += 1
+                    log.info("reference log-probs for %s read from cache %s", split, path)
+                    continue
             t = torch.zeros(len(rows), max(len(r.completions) for r in rows))
             order = sorted(range(len(rows)), key=lambda i: rows[i].length)
             for s in tqdm(range(0, len(order), batch_size), desc=f"reference ({split})",
@@ -160,8 +181,12 @@ class RankedPrecomputed:
                 k = sums.shape[0] // len(idx)
                 t[idx, :k] = sums.float().cpu().view(k, len(idx)).T
             table[split] = t
+            if path is not None:
+                save_table(path, {"sums": t})
         model.train(was_training)
-        return cls(table)
+        out = cls(table)
+        out.cache_hits = hits
+        return out
 
     def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
         B = batch.pairs

@@ -393,16 +393,16 @@ def _build_reference(
         scorer = frozen_scorer(model, dist, device, cfg.logprob_chunk)  # sharded under FSDP
     if kind == "copy":  # reference_model: already a model of its own, no copy needed
         return ScorerReference(scorer, autocast)
-    common = {"pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
-              "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress}
+    common: dict[str, Any] = {
+        "pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
+        "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress,
+        "cache_dir": Path(cfg.cache_dir).expanduser() / "reference",
+        "settings": {"dtype": str(dtype), "autocast": autocast, "device": device.type},
+    }
     if LOSS_SPECS[cfg.loss].data == "ranked":
         dist.refuse_fsdp("reference=precomputed with a ranked objective", "reference=copy")
-        return RankedPrecomputed.build(model, splits, **common)  # type: ignore[arg-type]
-    settings = {"dtype": str(dtype), "autocast": autocast, "device": device.type}
-    return precompute_reference(
-        model, scorer, dist, splits, cache_dir=Path(cfg.cache_dir).expanduser() / "reference",
-        settings=settings, **common,  # type: ignore[arg-type]
-    )
+        return RankedPrecomputed.build(model, splits, **common)
+    return precompute_reference(model, scorer, dist, splits, **common)
 
 
 # Keys that may change between a run and its resumption; every other key must match.
