@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from tether.batching import PreferenceBatch, collate
 from tether.errors import ConfigError
-from tether.logprobs import head_logps, sequence_logps, split_head
+from tether.logprobs import head_logps, head_transform, sequence_logps, split_head
 from tether.tokenization import TokenizedPair
 
 __all__ = [
@@ -166,7 +166,7 @@ def shared_logps(model: nn.Module, batch: SharedPrefixBatch, chunk: int) -> tupl
     ).last_hidden_state  # (R, L, H)
     h = hidden.reshape(-1, hidden.shape[-1])[batch.source]  # (N, H)
     targets = batch.input_ids.reshape(-1)[batch.target]  # (N,)
-    token_logps = head_logps(head, h, targets, chunk)  # (N,) fp32
+    token_logps = head_logps(head, h, targets, chunk, transform=head_transform(model))  # (N,) fp32
     n = 2 * batch.pairs
     sums = torch.zeros(n, dtype=torch.float32, device=h.device).index_add(
         0, batch.sequence, token_logps
