@@ -40,7 +40,8 @@ def test_small_demo_shows_dpo_beating_sft_and_leaves_an_ordinary_run_dir(
     assert set(summary["seconds"]) == {"build", "sft", "pairs", "dpo", "eval"}
 
     for name in ("report.md", "demo.json", "plots/training.png", "plots/winrate.png",
-                 "eval/report.md", "config.yaml", "metrics.jsonl", "sft/model/config.json"):
+                 "eval/report.md", "config.yaml", "metrics.jsonl", "sft/model/config.json",
+                 "data/prompts.jsonl"):
         assert (out / name).is_file(), name
     assert "## Before (SFT) and after (DPO)" in (out / "report.md").read_text()
 
@@ -79,19 +80,15 @@ def _scores(eval_dir: Path, rows: list[dict[str, Any]]) -> dict[int, tuple[float
 def test_second_iterate_round_keeps_what_the_first_gained(
     tmp_path: Path, small_demo: tuple[Path, dict[str, Any]]
 ) -> None:
-    """Online DPO on the demo task from its SFT model: each round samples 4 answers to 400
-    training prompts, ranks them with the task's rule judge and trains on best vs worst,
-    anchored to the previous round's model. Round 1 must gain on the SFT model, and round 2
-    must keep that gain (win-rate, mean score, and the very prompts round 1 won)."""
+    """Online DPO on the demo task from its SFT model: each round samples 4 answers to the
+    demo's 400 training prompts (data/prompts.jsonl), ranks them with the task's rule judge and
+    trains on best vs worst, anchored to the previous round's model. Round 1 must gain on the
+    SFT model, and round 2 must keep that gain (win-rate, mean score, the prompts round 1 won)."""
     from tether.config import build_config
-    from tether.demo.task import make_prompts
     from tether.iterate import IterateConfig, iterate
 
     demo_dir, _ = small_demo
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(
-        json.dumps({**p.row(), "prompt": [{"role": "user", "content": p.prompt}]}) + "\n"
-        for p in make_prompts(400, seed=1, split="train", unique=True)))
+    prompts = demo_dir / "data" / "prompts.jsonl"
     heldout = demo_dir / "data" / "heldout.jsonl"
     history = iterate(build_config(IterateConfig, {
         "model": str(demo_dir / "sft" / "model"), "data": str(prompts),

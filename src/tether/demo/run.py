@@ -45,6 +45,7 @@ __all__ = ["SIZES", "DemoConfig", "DemoSize", "demo"]
 
 JUDGE_RULE = "tether.demo.judge:score"
 STAGES = ("build", "sft", "pairs", "dpo", "eval")
+ONLINE_PROMPTS = 400  # data/prompts.jsonl: training prompts for tether iterate on the task
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ def _heldout_rows(prompts: Sequence[Prompt], seed: int) -> list[dict[str, Any]]:
 
 
 def write_sft_data(data_dir: Path, size: DemoSize, seed: int) -> tuple[Path, Path]:
-    """SFT rows and held-out prompts (conversations); returns their paths."""
+    """SFT rows and held-out prompts (conversations); returns their paths. Also writes
+    ``prompts.jsonl``: training prompts with their ground truth and no answers, for online
+    rounds on the task (``tether iterate``, ``tether pairs mode=sample``)."""
     sft = [
         {"prompt": _messages("user", r["prompt"]),
          "completion": _messages("assistant", r["completion"]),
@@ -162,6 +165,10 @@ def write_sft_data(data_dir: Path, size: DemoSize, seed: int) -> tuple[Path, Pat
     held = _heldout_rows(make_prompts(size.heldout, seed, "heldout", unique=True), seed)
     _write_jsonl(data_dir / "sft.jsonl", sft)
     _write_jsonl(data_dir / "heldout.jsonl", held)
+    _write_jsonl(data_dir / "prompts.jsonl", [
+        {**p.row(), "prompt": _messages("user", p.prompt)}
+        for p in make_prompts(ONLINE_PROMPTS, seed, "train", unique=True)
+    ])
     return data_dir / "sft.jsonl", data_dir / "heldout.jsonl"
 
 
