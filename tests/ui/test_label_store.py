@@ -102,6 +102,32 @@ def test_interleaved_annotators_split_exclusive_items(tmp_path: Path) -> None:
     assert set.union(*everyone) == {i.id for i in store.items()}
 
 
+def test_overlap_annotators_caps_how_many_people_judge_a_shared_item(tmp_path: Path) -> None:
+    store = LabelStore(tmp_path / "l.db", overlap=0.25, overlap_annotators=2)
+    store.add_items(pairs(20))
+    sessions = [store.login(n)[1] for n in ("ann", "bob", "cyd", "dee")]
+    active = list(sessions)
+    while active:  # interleaved, as people work at the same time
+        for who in list(active):
+            shown = store.current(who)
+            if shown is None:
+                active.remove(who)
+                continue
+            store.vote(who, shown.item.id, "A")
+    shared = {i.id for i in store.items() if i.overlap}
+    per_item: dict[int, int] = {}
+    for v in store.votes():
+        per_item[v.item_id] = per_item.get(v.item_id, 0) + 1
+    assert len(shared) == 5 and set(per_item) == {i.id for i in store.items()}
+    assert all(per_item[i] == 2 for i in shared)  # two people each, not all four
+    assert all(n == 1 for i, n in per_item.items() if i not in shared)
+    assert LabelStore(tmp_path / "l.db").overlap_annotators == 2  # stored with the database
+    with pytest.raises(ConfigError, match="created with --overlap-annotators 2, not 3"):
+        LabelStore(tmp_path / "l.db", overlap_annotators=3)
+    with pytest.raises(ConfigError, match="--overlap-annotators -1"):
+        LabelStore(tmp_path / "m.db", overlap_annotators=-1)
+
+
 def test_sides_are_seeded_recorded_and_mapped_back(tmp_path: Path) -> None:
     a = LabelStore(tmp_path / "a.db", seed=7)
     b = LabelStore(tmp_path / "b.db", seed=7)

@@ -46,8 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"access token asked at login (or set {TOKEN_ENV}, which keeps it "
                              "out of the process list); required with a non-loopback --host")
     parser.add_argument("--overlap", type=float, default=None,
-                        help="fraction of items every annotator judges, for agreement "
+                        help="fraction of items judged by several annotators, for agreement "
                              "(fixed when --db is created; default 0.1)")
+    parser.add_argument("--overlap-annotators", type=int, default=None,
+                        help="how many annotators judge each shared item (fixed when --db is "
+                             "created; default 0: every annotator)")
     parser.add_argument("--session-hours", type=float, default=12.0,
                         help="a login lasts this long, then the annotator logs in again "
                              "(default 12)")
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if _report_only(args) and args.items is None and not args.db.exists():
         raise ConfigError(f"--db {args.db}: no such database; give the --db you labeled with")
     store = LabelStore(args.db, mode=args.mode, seed=args.seed, overlap=args.overlap,
+                       overlap_annotators=args.overlap_annotators,
                        session_ttl=3600 * args.session_hours)
     if args.items is not None:
         rep = store.add_items(read_items(args.items, store.mode))

@@ -95,17 +95,21 @@ CREATE TABLE IF NOT EXISTS votes (
 );
 """
 
-# Items this annotator may be given next: not seen by them yet, and either shared (overlap) or
-# not held by anyone else (an open claim younger than the lease, or a vote other than skip).
-_ELIGIBLE = """
+# Items this annotator may be given next: not seen by them yet, and not held by enough others.
+# An item is held by an annotator with an open claim younger than the lease, or with a vote
+# other than skip. Exclusive items may be held by one annotator; shared (overlap) items by
+# :k of them (:k = 0: by everyone).
+_HOLDERS = """(
+      SELECT COUNT(*) FROM assignments a
+      LEFT JOIN votes v ON v.item_id = a.item_id AND v.annotator_id = a.annotator_id
+      WHERE a.item_id = i.id
+        AND ((v.choice IS NULL AND a.assigned > :stale) OR v.choice != 'skip'))"""
+
+_ELIGIBLE = f"""
 FROM items i
 WHERE i.identical = 0
   AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = :me)
-  AND (i.overlap = 1 OR NOT EXISTS (
-      SELECT 1 FROM assignments a
-      LEFT JOIN votes v ON v.item_id = a.item_id AND v.annotator_id = a.annotator_id
-      WHERE a.item_id = i.id
-        AND ((v.choice IS NULL AND a.assigned > :stale) OR v.choice != 'skip')))
+  AND (CASE WHEN i.overlap = 1 THEN :k = 0 OR {_HOLDERS} < :k ELSE {_HOLDERS} = 0 END)
 """
 
 _OPEN = """
@@ -217,6 +221,7 @@ class LabelStore:
         mode: Mode | None = None,
         seed: int | None = None,
         overlap: float | None = None,
+        overlap_annotators: int | None = None,
         claim_ttl: float = 3600.0,
         session_ttl: float = 12 * 3600.0,
     ) -> None:
@@ -228,6 +233,9 @@ class LabelStore:
         self._local = threading.local()
         if overlap is not None and not 0.0 <= overlap <= 1.0:
             raise ConfigError(f"--overlap {overlap}: expected a fraction between 0 and 1")
+        if overlap_annotators is not None and overlap_annotators < 0:
+            raise ConfigError(f"--overlap-annotators {overlap_annotators}: expected 0 (everyone) "
+                              "or the number of annotators per shared item (e.g. 2)")
         if not self.path.parent.is_dir():
             raise ConfigError(f"--db {self.path}: folder {self.path.parent} does not exist")
         conn = sqlite3.connect(self.path, timeout=30)
@@ -239,21 +247,24 @@ class LabelStore:
             raise ConfigError(f"--db {self.path}: not a tether label database ({err})") from None
         finally:
             conn.close()
-        meta = self._settle_meta({"mode": mode, "seed": seed, "overlap": overlap})
+        meta = self._settle_meta({"mode": mode, "seed": seed, "overlap": overlap,
+                                  "overlap_annotators": overlap_annotators})
         self.mode = cast(Mode, meta["mode"])
         self.seed = int(meta["seed"])
         self.overlap = float(meta["overlap"])
+        self.overlap_annotators = int(meta["overlap_annotators"])
 
     def _settle_meta(self, given: dict[str, Any]) -> dict[str, str]:
-        defaults = {"mode": "collect", "seed": 0, "overlap": 0.1}
+        defaults = {"mode": "collect", "seed": 0, "overlap": 0.1, "overlap_annotators": 0}
         with self._db(write=True) as db:
             stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
             for name, value in given.items():
+                flag = "--" + name.replace("_", "-")
                 if name in stored:
                     if value is not None and str(value) != stored[name]:
                         raise ConfigError(
-                            f"--db {self.path} was created with --{name} {stored[name]}, "
-                            f"not {value}; drop --{name} or use a new --db"
+                            f"--db {self.path} was created with {flag} {stored[name]}, "
+                            f"not {value}; drop {flag} or use a new --db"
                         )
                     continue
                 stored[name] = str(defaults[name] if value is None else value)
@@ -393,10 +404,14 @@ class LabelStore:
 
     # --- the queue -----------------------------------------------------------------------------
 
+    def _queue_params(self, who: Session) -> dict[str, Any]:
+        return {"me": who.annotator_id, "stale": time.time() - self.claim_ttl,
+                "k": self.overlap_annotators}
+
     def current(self, who: Session) -> Shown | None:
         """The item this annotator is on: the open one, else the next eligible one (claimed now).
         ``None`` when nothing is left for them."""
-        params = {"me": who.annotator_id, "stale": time.time() - self.claim_ttl}
+        params = self._queue_params(who)
         with self._db(write=True) as db:
             row: Any = db.execute(
                 f"SELECT a.item_id, a.swapped {_OPEN} ORDER BY a.assigned, a.item_id LIMIT 1",
@@ -417,7 +432,7 @@ class LabelStore:
         return Shown(_item(item), bool(row["swapped"]))
 
     def progress(self, who: Session) -> Progress:
-        params = {"me": who.annotator_id, "stale": time.time() - self.claim_ttl}
+        params = self._queue_params(who)
         with self._db() as db:
             (eligible,) = db.execute(f"SELECT COUNT(*) {_ELIGIBLE}", params).fetchone()
             (open_,) = db.execute(f"SELECT COUNT(*) {_OPEN}", params).fetchone()
