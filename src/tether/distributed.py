@@ -22,10 +22,11 @@ cache; ``reference=copy`` under FSDP is a sharded frozen copy (or ``reference_mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +46,7 @@ from tether.runs import RunDir
 from tether.tokenization import TokenizedPair
 
 __all__ = [
-    "Dist", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",
+    "Dist", "GradSync", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",
     "frozen_copy", "frozen_scorer", "full_state_dict", "init_distributed", "local_module",
     "open_run_dir", "precompute_reference", "wrap_policy",
 ]
@@ -245,6 +246,39 @@ def wrap_policy(
         _fully_shard(scorer, d, autocast)
         scorer.to(device)
     return scorer
+
+
+@dataclass(frozen=True)
+class GradSync:
+    """Which micro-batches of an optimizer step reduce gradients over ranks.
+
+    Gradient accumulation needs the ranks' gradients summed once per step, not once per
+    micro-batch: the loss is linear in each micro-batch's rows, so summing locally first and
+    reducing once gives the same gradient. Use ``with grad_sync(last=...)`` around each
+    micro-batch's forward *and* backward (DDP decides in the forward whether the backward
+    all-reduces).
+
+    - DDP: ``no_sync()`` on all but the last micro-batch; the one all-reduce sums them all.
+    - FSDP2: ``set_requires_gradient_sync(False)`` keeps each unit's *unsharded* gradient until
+      the last micro-batch, a full-size gradient per rank. That is only worth it when the
+      trainable parameters are few (LoRA adapters); a full fine-tune reduce-scatters every
+      micro-batch and keeps its gradients sharded, as torchtitan does (pytorch/torchtitan#292).
+    """
+
+    scorer: nn.Module
+    defer_fsdp: bool = False  # FSDP: hold gradients unsharded until the step's last micro-batch
+
+    @contextlib.contextmanager
+    def __call__(self, last: bool) -> Iterator[None]:
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(self.scorer, nn.parallel.DistributedDataParallel) and not last:
+            with self.scorer.no_sync():
+                yield
+            return
+        if isinstance(self.scorer, FSDPModule) and self.defer_fsdp:
+            self.scorer.set_requires_gradient_sync(last)  # recurses into the layer units
+        yield
 
 
 def _reshard(module: nn.Module) -> None:
