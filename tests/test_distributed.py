@@ -72,7 +72,8 @@ def _torchrun_ok(nproc: int, args: list[str], script: Path | None = None) -> Non
 # DDP: a communication hook counts all-reduce rounds (one call per bucket per synchronising
 # backward; a round = bucket 0). FSDP2: reduce-scatters go through
 # dist.reduce_scatter_single, one call per FSDP unit per synchronising backward.
-# from_pretrained: which ranks read the checkpoint's weights.
+# from_pretrained: which ranks read the checkpoint's weights; meta: whether the policy handed
+# to wrap_policy had no parameter data at all (built on the meta device).
 SPY = """
 import json, os, sys
 import torch.distributed as dist
@@ -81,14 +82,15 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM
 import tether.distributed as td
 
-seen = {"allreduce_rounds": 0, "reduce_scatters": 0, "from_pretrained": 0}
+seen = {"allreduce_rounds": 0, "reduce_scatters": 0, "from_pretrained": 0, "meta": None}
 
 def count_rounds(state, bucket):
     seen["allreduce_rounds"] += bucket.index() == 0
     return allreduce_hook(state, bucket)
 
-def wrap_policy(*args, **kwargs):
-    scorer = wrap(*args, **kwargs)
+def wrap_policy(policy, *args, **kwargs):
+    seen["meta"] = all(p.is_meta for p in policy.parameters())
+    scorer = wrap(policy, *args, **kwargs)
     if isinstance(scorer, DistributedDataParallel):
         scorer.register_comm_hook(None, count_rounds)
     return scorer
@@ -180,14 +182,21 @@ def test_ddp_accumulation_all_reduces_once_per_step_and_equals_one_process(root,
                                           "grad_accum=2", "distributed=ddp",
                                           f"eval_data={root / 'eval.jsonl'}"))
     assert [s["allreduce_rounds"] for s in seen] == [4, 4]
+    assert [(s["from_pretrained"], s["meta"]) for s in seen] == [(1, False), (1, False)]
     _assert_same_run(single, root / "ddp-accum")
 
 
 def test_fsdp_two_ranks_with_accumulation_equal_one_process(root, llama_dir, single):
     # 2 ranks × batch 1 × accumulation 2 = 4 rows per step; the reference a sharded copy
-    _torchrun_ok(2, _args(root, llama_dir, "fsdp", "batch_size=1", "grad_accum=2",
-                       "distributed=fsdp", "reference=copy", f"eval_data={root / 'eval.jsonl'}"))
+    seen = _spied(root, "fsdp", _args(root, llama_dir, "fsdp", "batch_size=1", "grad_accum=2",
+                                      "distributed=fsdp", "reference=copy",
+                                      f"eval_data={root / 'eval.jsonl'}"))
     _assert_same_run(single, root / "fsdp")
+    # rank 1 never read the weights nor held the whole model: meta, then shards from rank 0
+    assert [(s["from_pretrained"], s["meta"]) for s in seen] == [(1, False), (0, True)]
+    # a full fine-tune keeps its gradients sharded: a reduce-scatter per unit per micro-batch
+    # (2 decoder layers + the root), 3 × 2 × 4 steps
+    assert [s["reduce_scatters"] for s in seen] == [24, 24]
     assert not (root / "cache" / "fsdp").exists()  # reference=copy: nothing precomputed
 
 
@@ -236,6 +245,7 @@ def test_fsdp_lora_accumulation_reduce_scatters_once_per_step(root, llama_dir, l
                                                 "batch_size=1", "grad_accum=2",
                                                 "distributed=fsdp", *LORA))
     assert [s["reduce_scatters"] for s in seen] == [8, 8]
+    assert (seen[1]["from_pretrained"], seen[1]["meta"]) == (0, True)  # rank 0 also merges
     for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
         _assert_same_run(lora_single, root / "lora-fsdp-accum", weights, atol=2e-4,
                          mean_atol=1e-6)

@@ -109,6 +109,12 @@ class Dist:
         layer's shard to the GPU as it shards it, so no GPU ever holds the whole model."""
         return torch.device("cpu") if self.mode == "fsdp" else device
 
+    @property
+    def empty_model(self) -> bool:
+        """FSDP ranks other than 0 build the model on the meta device and read no weights:
+        only rank 0 holds the whole model, and sends each rank its shards (``_shard``)."""
+        return self.mode == "fsdp" and not self.main
+
     def refuse_fsdp(self, what: str, instead: str) -> None:
         if self.mode == "fsdp":
             raise ConfigError(
@@ -227,6 +233,29 @@ def _fully_shard(scorer: SequenceLogProbs, d: Dist, autocast: bool) -> None:
     fully_shard(scorer, mesh=mesh, mp_policy=mp)
 
 
+def _shard(scorer: SequenceLogProbs, d: Dist, device: torch.device, autocast: bool) -> None:
+    """FSDP2-shard ``scorer`` onto ``device``, every rank's shards filled from rank 0's weights.
+
+    Rank 0 loaded the checkpoint; the others built the model on the meta device
+    (``Dist.empty_model``), so after sharding they allocate only their shards
+    (``to_empty``), which rank 0's full state dict fills by broadcast. Buffers are sent
+    too: the non-persistent ones (rotary ``inv_freq``) are in no state dict. Tied weights
+    (one parameter under two names) stay one sharded parameter.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = scorer.state_dict() if d.main else {}  # rank 0, before sharding: the whole model
+    _fully_shard(scorer, d, autocast)
+    if d.main:
+        scorer.to(device)
+    else:
+        scorer.to_empty(device=device)  # uninitialised shards and buffers, filled below
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(scorer, full, options=options)
+    for buffer in scorer.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def wrap_policy(
     policy: nn.Module, d: Dist, device: torch.device, chunk: int, autocast: bool
 ) -> nn.Module:
@@ -243,8 +272,7 @@ def wrap_policy(
             forward_sync_buffers=False,
         )
     if d.mode == "fsdp":
-        _fully_shard(scorer, d, autocast)
-        scorer.to(device)
+        _shard(scorer, d, device, autocast)
     return scorer
 
 
@@ -339,8 +367,7 @@ def frozen_scorer(model: nn.Module, d: Dist, device: torch.device, chunk: int) -
     the model per rank; its forward gathers one layer at a time, like the policy's)."""
     scorer = SequenceLogProbs(model.eval().requires_grad_(False), chunk)
     if d.mode == "fsdp":
-        _fully_shard(scorer, d, autocast=False)  # frozen: no gradients to reduce
-        scorer.to(device)
+        _shard(scorer, d, device, autocast=False)  # frozen: no gradients to reduce
     return scorer
 
 

@@ -342,7 +342,8 @@ def _setup(cfg: TrainConfig) -> Setup:
         policy = load_4bit(cfg, device, dtype)
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
-                            trust_remote_code=cfg.trust_remote_code)
+                            trust_remote_code=cfg.trust_remote_code,
+                            empty=dist.empty_model)  # FSDP: only rank 0 reads the weights
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
     reference: Reference | None = None
     if spec.needs_reference and reference_kind == "copy" and not cfg.reference_model:
@@ -396,7 +397,7 @@ def _build_reference(
     model = policy
     if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
         model = load_model(cfg.reference_model, dtype=dtype, device=dist.load_device(device),
-                           trust_remote_code=cfg.trust_remote_code)
+                           trust_remote_code=cfg.trust_remote_code, empty=dist.empty_model)
         scorer = frozen_scorer(model, dist, device, cfg.logprob_chunk)  # sharded under FSDP
     if kind == "copy":  # reference_model: already a model of its own, no copy needed
         return ScorerReference(scorer, autocast)
