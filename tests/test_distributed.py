@@ -200,6 +200,17 @@ def test_fsdp_two_ranks_with_accumulation_equal_one_process(root, llama_dir, sin
     assert not (root / "cache" / "fsdp").exists()  # reference=copy: nothing precomputed
 
 
+def test_fsdp_tied_embeddings_and_a_reference_model_equal_one_process(root, gpt2_dir):
+    # GPT-2 ties the LM head to the embeddings (one parameter, two names in the state dict);
+    # the reference_model is loaded (on meta on rank 1) and sharded on its own
+    ref = ("reference=copy", f"reference_model={gpt2_dir}")
+    train(load_config(TrainConfig, None, _args(root, gpt2_dir, "gpt2-1", "batch_size=4", *ref)))
+    seen = _spied(root, "gpt2-fsdp", _args(root, gpt2_dir, "gpt2-fsdp", "batch_size=2",
+                                           "distributed=fsdp", *ref))
+    _assert_same_run(root / "gpt2-1", root / "gpt2-fsdp")
+    assert [(s["from_pretrained"], s["meta"]) for s in seen] == [(2, False), (0, True)]
+
+
 def test_fsdp_resumes_from_a_sharded_checkpoint_at_two_ranks_and_at_one(root, llama_dir):
     _torchrun_ok(2, _args(root, llama_dir, "whole", "batch_size=2", "distributed=fsdp"))
     _torchrun_ok(2, _args(root, llama_dir, "part", "batch_size=2", "distributed=fsdp",

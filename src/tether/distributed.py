@@ -341,7 +341,14 @@ def full_state_dict(policy: nn.Module, d: Dist) -> dict[str, Any] | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(policy, options=options)
+    state = get_model_state_dict(policy, options=options)
+    # A tied parameter (GPT-2's LM head is its embedding) comes under each of its names; keep
+    # the first, as save_pretrained of a whole model does, so both runs save the same files.
+    first: dict[int, str] = {}
+    for name, p in policy.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(p), name) != name:
+            state.pop(name, None)
+    return state
 
 
 # --------------------------------------------------------------------------- references
