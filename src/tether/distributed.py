@@ -13,7 +13,11 @@ process taking all the rows.
 - ``fsdp``: FSDP2 (``fully_shard``) on every decoder layer and on the ``SequenceLogProbs`` root
   (which owns embeddings, final norm and LM head): parameters, gradients and optimizer state
   are split N ways and gathered layer by layer. With ``autocast`` the gathered weights are
-  bf16 and the gradients reduced in fp32.
+  bf16 and the gradients reduced in fp32. Only rank 0 reads the pretrained weights; the
+  others build the model on the meta device and receive their shards (``_shard``).
+
+With ``grad_accum`` > 1 the ranks reduce gradients once per step, after its last micro-batch
+(``GradSync``).
 
 Only rank 0 writes (metrics, data audit, config, cache, model, progress bars); the others log
 warnings only. The reference precompute is split over the ranks and all-gathered into the one
