@@ -39,11 +39,14 @@ def _args(root: Path, model: Path, out: str, *extra: str) -> list[str]:
             "progress=false", *extra]
 
 
-def _torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """Launch; on a hang, make the workers print their stacks (faulthandler) and fail."""
+def _torchrun(nproc: int, args: list[str], timeout: float = 240,
+              script: Path | None = None) -> subprocess.CompletedProcess:
+    """Launch ``tether train`` (or ``script``); on a hang, make the workers print their stacks
+    (faulthandler) and fail."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    target = [str(script)] if script else ["-m", "tether", "--quiet", "train"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "tether", "--quiet", "train", *args]
+           f"--nproc_per_node={nproc}", *target, *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -60,9 +63,64 @@ def _torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.C
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _torchrun_ok(nproc: int, args: list[str]) -> None:
-    proc = _torchrun(nproc, args)
+def _torchrun_ok(nproc: int, args: list[str], script: Path | None = None) -> None:
+    proc = _torchrun(nproc, args, script=script)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# A torchrun worker: ``tether train`` with spies on what each rank communicates and loads.
+# DDP: a communication hook counts all-reduce rounds (one call per bucket per synchronising
+# backward; a round = bucket 0). FSDP2: reduce-scatters go through
+# dist.reduce_scatter_single, one call per FSDP unit per synchronising backward.
+# from_pretrained: which ranks read the checkpoint's weights; meta: whether the policy handed
+# to wrap_policy had no parameter data at all (built on the meta device).
+SPY = """
+import json, os, sys
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+from transformers import AutoModelForCausalLM
+import tether.distributed as td
+
+seen = {"allreduce_rounds": 0, "reduce_scatters": 0, "from_pretrained": 0, "meta": None}
+
+def count_rounds(state, bucket):
+    seen["allreduce_rounds"] += bucket.index() == 0
+    return allreduce_hook(state, bucket)
+
+def wrap_policy(policy, *args, **kwargs):
+    seen["meta"] = all(p.is_meta for p in policy.parameters())
+    scorer = wrap(policy, *args, **kwargs)
+    if isinstance(scorer, DistributedDataParallel):
+        scorer.register_comm_hook(None, count_rounds)
+    return scorer
+
+def reduce_scatter_single(*args, **kwargs):
+    seen["reduce_scatters"] += 1
+    return reduce_scatter(*args, **kwargs)
+
+def from_pretrained(*args, **kwargs):
+    seen["from_pretrained"] += 1
+    return load(*args, **kwargs)
+
+wrap, td.wrap_policy = td.wrap_policy, wrap_policy
+reduce_scatter, dist.reduce_scatter_single = dist.reduce_scatter_single, reduce_scatter_single
+load = AutoModelForCausalLM.from_pretrained
+AutoModelForCausalLM.from_pretrained = from_pretrained
+
+from tether.config import TrainConfig, load_config
+from tether.train import train
+
+out = train(load_config(TrainConfig, None, sys.argv[1:]))
+(out / f"spy-{os.environ['RANK']}.json").write_text(json.dumps(seen))
+"""
+
+
+def _spied(root: Path, run: str, args: list[str]) -> list[dict]:
+    """Run the SPY worker on 2 ranks; what each rank saw."""
+    (root / "spy.py").write_text(SPY)
+    _torchrun_ok(2, args, script=root / "spy.py")
+    return [json.loads((root / run / f"spy-{r}.json").read_text()) for r in (0, 1)]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -116,12 +174,41 @@ def test_ddp_two_ranks_equal_one_process(root, llama_dir, single):
         _metrics(single)[-1]["eval/loss"], rel=1e-5)
 
 
+def test_ddp_accumulation_all_reduces_once_per_step_and_equals_one_process(root, llama_dir,
+                                                                          single):
+    # 2 ranks × batch 1 × accumulation 2 = the single run's 4 rows per step. Only each step's
+    # last micro-batch all-reduces (no_sync before it): 4 rounds in 4 steps, not 8.
+    seen = _spied(root, "ddp-accum", _args(root, llama_dir, "ddp-accum", "batch_size=1",
+                                          "grad_accum=2", "distributed=ddp",
+                                          f"eval_data={root / 'eval.jsonl'}"))
+    assert [s["allreduce_rounds"] for s in seen] == [4, 4]
+    assert [(s["from_pretrained"], s["meta"]) for s in seen] == [(1, False), (1, False)]
+    _assert_same_run(single, root / "ddp-accum")
+
+
 def test_fsdp_two_ranks_with_accumulation_equal_one_process(root, llama_dir, single):
     # 2 ranks × batch 1 × accumulation 2 = 4 rows per step; the reference a sharded copy
-    _torchrun_ok(2, _args(root, llama_dir, "fsdp", "batch_size=1", "grad_accum=2",
-                       "distributed=fsdp", "reference=copy", f"eval_data={root / 'eval.jsonl'}"))
+    seen = _spied(root, "fsdp", _args(root, llama_dir, "fsdp", "batch_size=1", "grad_accum=2",
+                                      "distributed=fsdp", "reference=copy",
+                                      f"eval_data={root / 'eval.jsonl'}"))
     _assert_same_run(single, root / "fsdp")
+    # rank 1 never read the weights nor held the whole model: meta, then shards from rank 0
+    assert [(s["from_pretrained"], s["meta"]) for s in seen] == [(1, False), (0, True)]
+    # a full fine-tune keeps its gradients sharded: a reduce-scatter per unit per micro-batch
+    # (2 decoder layers + the root), 3 × 2 × 4 steps
+    assert [s["reduce_scatters"] for s in seen] == [24, 24]
     assert not (root / "cache" / "fsdp").exists()  # reference=copy: nothing precomputed
+
+
+def test_fsdp_tied_embeddings_and_a_reference_model_equal_one_process(root, gpt2_dir):
+    # GPT-2 ties the LM head to the embeddings (one parameter, two names in the state dict);
+    # the reference_model is loaded (on meta on rank 1) and sharded on its own
+    ref = ("reference=copy", f"reference_model={gpt2_dir}")
+    train(load_config(TrainConfig, None, _args(root, gpt2_dir, "gpt2-1", "batch_size=4", *ref)))
+    seen = _spied(root, "gpt2-fsdp", _args(root, gpt2_dir, "gpt2-fsdp", "batch_size=2",
+                                           "distributed=fsdp", *ref))
+    _assert_same_run(root / "gpt2-1", root / "gpt2-fsdp")
+    assert [(s["from_pretrained"], s["meta"]) for s in seen] == [(2, False), (0, True)]
 
 
 def test_fsdp_resumes_from_a_sharded_checkpoint_at_two_ranks_and_at_one(root, llama_dir):
@@ -159,6 +246,20 @@ def test_lora_two_ranks_equal_one_process(root, llama_dir, lora_single, mode):
     # entry (5% of what 4 steps of lr=1e-3 can move a weight) and a tight one on the mean.
     for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
         _assert_same_run(lora_single, root / f"lora-{mode}", weights, atol=2e-4, mean_atol=1e-6)
+
+
+def test_fsdp_lora_accumulation_reduce_scatters_once_per_step(root, llama_dir, lora_single):
+    # 2 ranks × batch 1 × accumulation 2. Under LoRA FSDP holds the small adapter gradients
+    # unsharded until each step's last micro-batch: one reduce-scatter per decoder layer (the
+    # units with adapters; the root's embeddings and head are frozen) per step, 2 × 4, not 16.
+    seen = _spied(root, "lora-fsdp-accum", _args(root, llama_dir, "lora-fsdp-accum",
+                                                "batch_size=1", "grad_accum=2",
+                                                "distributed=fsdp", *LORA))
+    assert [s["reduce_scatters"] for s in seen] == [8, 8]
+    assert (seen[1]["from_pretrained"], seen[1]["meta"]) == (0, True)  # rank 0 also merges
+    for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
+        _assert_same_run(lora_single, root / "lora-fsdp-accum", weights, atol=2e-4,
+                         mean_atol=1e-6)
 
 
 def test_too_few_rows_for_the_global_batch_is_refused(root, llama_dir, tmp_path):

@@ -13,7 +13,11 @@ process taking all the rows.
 - ``fsdp``: FSDP2 (``fully_shard``) on every decoder layer and on the ``SequenceLogProbs`` root
   (which owns embeddings, final norm and LM head): parameters, gradients and optimizer state
   are split N ways and gathered layer by layer. With ``autocast`` the gathered weights are
-  bf16 and the gradients reduced in fp32.
+  bf16 and the gradients reduced in fp32. Only rank 0 reads the pretrained weights; the
+  others build the model on the meta device and receive their shards (``_shard``).
+
+With ``grad_accum`` > 1 the ranks reduce gradients once per step, after its last micro-batch
+(``GradSync``).
 
 Only rank 0 writes (metrics, data audit, config, cache, model, progress bars); the others log
 warnings only. The reference precompute is split over the ranks and all-gathered into the one
@@ -22,10 +26,11 @@ cache; ``reference=copy`` under FSDP is a sharded frozen copy (or ``reference_mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +50,7 @@ from tether.runs import RunDir
 from tether.tokenization import TokenizedPair
 
 __all__ = [
-    "Dist", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",
+    "Dist", "GradSync", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",
     "frozen_copy", "frozen_scorer", "full_state_dict", "init_distributed", "local_module",
     "open_run_dir", "precompute_reference", "wrap_policy",
 ]
@@ -107,6 +112,12 @@ class Dist:
         """Where to load the model: FSDP loads on the CPU and ``fully_shard`` moves each
         layer's shard to the GPU as it shards it, so no GPU ever holds the whole model."""
         return torch.device("cpu") if self.mode == "fsdp" else device
+
+    @property
+    def empty_model(self) -> bool:
+        """FSDP ranks other than 0 build the model on the meta device and read no weights:
+        only rank 0 holds the whole model, and sends each rank its shards (``_shard``)."""
+        return self.mode == "fsdp" and not self.main
 
     def refuse_fsdp(self, what: str, instead: str) -> None:
         if self.mode == "fsdp":
@@ -226,6 +237,29 @@ def _fully_shard(scorer: SequenceLogProbs, d: Dist, autocast: bool) -> None:
     fully_shard(scorer, mesh=mesh, mp_policy=mp)
 
 
+def _shard(scorer: SequenceLogProbs, d: Dist, device: torch.device, autocast: bool) -> None:
+    """FSDP2-shard ``scorer`` onto ``device``, every rank's shards filled from rank 0's weights.
+
+    Rank 0 loaded the checkpoint; the others built the model on the meta device
+    (``Dist.empty_model``), so after sharding they allocate only their shards
+    (``to_empty``), which rank 0's full state dict fills by broadcast. Buffers are sent
+    too: the non-persistent ones (rotary ``inv_freq``) are in no state dict. Tied weights
+    (one parameter under two names) stay one sharded parameter.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = scorer.state_dict() if d.main else {}  # rank 0, before sharding: the whole model
+    _fully_shard(scorer, d, autocast)
+    if d.main:
+        scorer.to(device)
+    else:
+        scorer.to_empty(device=device)  # uninitialised shards and buffers, filled below
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(scorer, full, options=options)
+    for buffer in scorer.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def wrap_policy(
     policy: nn.Module, d: Dist, device: torch.device, chunk: int, autocast: bool
 ) -> nn.Module:
@@ -242,9 +276,41 @@ def wrap_policy(
             forward_sync_buffers=False,
         )
     if d.mode == "fsdp":
-        _fully_shard(scorer, d, autocast)
-        scorer.to(device)
+        _shard(scorer, d, device, autocast)
     return scorer
+
+
+@dataclass(frozen=True)
+class GradSync:
+    """Which micro-batches of an optimizer step reduce gradients over ranks.
+
+    Gradient accumulation needs the ranks' gradients summed once per step, not once per
+    micro-batch: the loss is linear in each micro-batch's rows, so summing locally first and
+    reducing once gives the same gradient. Use ``with grad_sync(last=...)`` around each
+    micro-batch's forward *and* backward (DDP decides in the forward whether the backward
+    all-reduces).
+
+    - DDP: ``no_sync()`` on all but the last micro-batch; the one all-reduce sums them all.
+    - FSDP2: ``set_requires_gradient_sync(False)`` keeps each unit's *unsharded* gradient until
+      the last micro-batch, a full-size gradient per rank. That is only worth it when the
+      trainable parameters are few (LoRA adapters); a full fine-tune reduce-scatters every
+      micro-batch and keeps its gradients sharded, as torchtitan does (pytorch/torchtitan#292).
+    """
+
+    scorer: nn.Module
+    defer_fsdp: bool = False  # FSDP: hold gradients unsharded until the step's last micro-batch
+
+    @contextlib.contextmanager
+    def __call__(self, last: bool) -> Iterator[None]:
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(self.scorer, nn.parallel.DistributedDataParallel) and not last:
+            with self.scorer.no_sync():
+                yield
+            return
+        if isinstance(self.scorer, FSDPModule) and self.defer_fsdp:
+            self.scorer.set_requires_gradient_sync(last)  # recurses into the layer units
+        yield
 
 
 def _reshard(module: nn.Module) -> None:
@@ -279,7 +345,14 @@ def full_state_dict(policy: nn.Module, d: Dist) -> dict[str, Any] | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(policy, options=options)
+    state = get_model_state_dict(policy, options=options)
+    # A tied parameter (GPT-2's LM head is its embedding) comes under each of its names; keep
+    # the first, as save_pretrained of a whole model does, so both runs save the same files.
+    first: dict[int, str] = {}
+    for name, p in policy.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(p), name) != name:
+            state.pop(name, None)
+    return state
 
 
 # --------------------------------------------------------------------------- references
@@ -305,8 +378,7 @@ def frozen_scorer(model: nn.Module, d: Dist, device: torch.device, chunk: int) -
     the model per rank; its forward gathers one layer at a time, like the policy's)."""
     scorer = SequenceLogProbs(model.eval().requires_grad_(False), chunk)
     if d.mode == "fsdp":
-        _fully_shard(scorer, d, autocast=False)  # frozen: no gradients to reduce
-        scorer.to(device)
+        _shard(scorer, d, device, autocast=False)  # frozen: no gradients to reduce
     return scorer
 
 

@@ -81,11 +81,14 @@ def load_model(
     device: torch.device | str = "cpu",
     trust_remote_code: bool = False,
     quantization_config: Any = None,
+    empty: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it).
 
     ``quantization_config`` (QLoRA, see ``tether.lora``) places the model on ``device`` while
-    loading, since a quantized model cannot be moved afterwards."""
+    loading, since a quantized model cannot be moved afterwards. ``empty``: the architecture
+    only, its parameters and buffers on the ``meta`` device (no memory, no weights read; FSDP
+    ranks other than 0 get their shards from rank 0, see ``tether.distributed``)."""
     _exists_or_hub_id(name, "model")
     path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
@@ -94,6 +97,13 @@ def load_model(
             # attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, ...
             if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
                 setattr(config, key, 0.0)
+        if empty:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(
+                    config, dtype=dtype, trust_remote_code=trust_remote_code
+                )
+            disable_dropout(model)
+            return model
         placement = {"quantization_config": quantization_config, "device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,

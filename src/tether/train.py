@@ -30,6 +30,7 @@ from tether.config import TrainConfig
 from tether.data import load_completions, load_preferences, needs_chat
 from tether.distributed import (
     Dist,
+    GradSync,
     ScorerReference,
     clip_grad_norm,
     close_distributed,
@@ -81,6 +82,7 @@ class Setup:
     dist: Dist  # rank and world size under torchrun (world 1 otherwise)
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
     prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
+    grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -133,16 +135,20 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 break
             # One optimizer step over grad_accum micro-batches; the loss is the mean over all
             # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
+            # Ranks reduce gradients once, in the last micro-batch's backward (GradSync); a
+            # step may have fewer than grad_accum micro-batches (an epoch shorter than a step).
             losses = []
-            for micro in micro_batches(s.dist.shard(step_rows), cfg.grad_accum):
+            micros = list(micro_batches(s.dist.shard(step_rows), cfg.grad_accum))
+            for m, micro in enumerate(micros):
                 rows = [s.train_rows[i] for i in micro]
                 batch = make_batch(rows, micro, s.tokenizer.pad_token_id, s.prefix_sharing)
                 batch = batch.to(s.device)
-                with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
-                    out, stats = _forward(s, batch, "train")
-                # × world_size: DDP/FSDP average gradients over ranks (see tether.distributed)
-                loss = out.losses.sum() * s.dist.world_size / len(step_rows)
-                loss.backward()
+                with s.grad_sync(last=m == len(micros) - 1):
+                    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+                        out, stats = _forward(s, batch, "train")
+                    # × world_size: DDP/FSDP average gradients over ranks (tether.distributed)
+                    loss = out.losses.sum() * s.dist.world_size / len(step_rows)
+                    loss.backward()
                 losses.append(loss.detach())
                 _accumulate(window, stats, len(micro))
                 st.tokens += batch.tokens
@@ -336,7 +342,8 @@ def _setup(cfg: TrainConfig) -> Setup:
         policy = load_4bit(cfg, device, dtype)
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
-                            trust_remote_code=cfg.trust_remote_code)
+                            trust_remote_code=cfg.trust_remote_code,
+                            empty=dist.empty_model)  # FSDP: only rank 0 reads the weights
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
     reference: Reference | None = None
     if spec.needs_reference and reference_kind == "copy" and not cfg.reference_model:
@@ -363,7 +370,8 @@ def _setup(cfg: TrainConfig) -> Setup:
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
     return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
                  optimizer, scheduler, total, fingerprint, state, dist, scorer,
-                 _shares_prefix(cfg, spec.data, reference_kind, dist))
+                 _shares_prefix(cfg, spec.data, reference_kind, dist),
+                 GradSync(scorer, defer_fsdp=cfg.lora))
 
 
 def _shares_prefix(cfg: TrainConfig, data: str, reference_kind: str, dist: Dist) -> bool:
@@ -389,7 +397,7 @@ def _build_reference(
     model = policy
     if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
         model = load_model(cfg.reference_model, dtype=dtype, device=dist.load_device(device),
-                           trust_remote_code=cfg.trust_remote_code)
+                           trust_remote_code=cfg.trust_remote_code, empty=dist.empty_model)
         scorer = frozen_scorer(model, dist, device, cfg.logprob_chunk)  # sharded under FSDP
     if kind == "copy":  # reference_model: already a model of its own, no copy needed
         return ScorerReference(scorer, autocast)
