@@ -243,17 +243,26 @@ def test_static_script_and_style_are_served(tmp_path: Path) -> None:
     assert client.get("/static/label.css").status_code == 200
 
 
-def test_sessions_expire_after_session_ttl_and_votes_stay(tmp_path: Path) -> None:
+def test_sessions_expire_after_session_ttl_and_votes_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import time
+    import types
 
+    import tether.ui.store
+
+    now = [time.time()]  # the store's clock, moved by hand: no sleeping, no race with load
+    monkeypatch.setattr(tether.ui.store, "time", types.SimpleNamespace(time=lambda: now[0]))
     store = make_store(tmp_path, n=3)
-    store.session_ttl = 1.0  # what --session-hours sets; one second here
+    store.session_ttl = 3600.0  # what --session-hours 1 sets
     client = client_for(store)
     r = client.post("/login", data={"name": "ann"})
-    assert "max-age=1" in r.headers["set-cookie"].lower()  # the browser drops it too
+    assert "max-age=3600" in r.headers["set-cookie"].lower()  # the browser drops it too
     first = page_fields(client.get("/").text)
     assert client.post("/vote", data={**first, "choice": "A"}).status_code == 303
-    time.sleep(1.2)
+    now[0] += 3599
+    assert client.get("/").status_code == 200  # still within the hour
+    now[0] += 2
     assert client.get("/").headers["location"] == "/login"  # the old cookie no longer works
     # a form posted with the expired session goes to the login page and counts nothing
     r = client.post("/vote", data={**first, "choice": "B"})
