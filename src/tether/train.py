@@ -7,6 +7,7 @@ which data shape) are made in ``_setup`` before the loop starts.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -92,8 +93,13 @@ def train(cfg: TrainConfig) -> Path:
         finished = _loop(setup, stop)
     if finished:
         _save(setup)
-    close_distributed(setup.dist)  # torchrun: once every rank is done (not after an error)
-    return setup.run.path
+    path, d = setup.run.path, setup.dist
+    # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
+    # group freed after destroy_process_group can wait forever on a rank that has already left.
+    del setup
+    gc.collect()
+    close_distributed(d)  # torchrun: once every rank is done (not after an error)
+    return path
 
 
 def _save(s: Setup) -> None:
