@@ -267,3 +267,35 @@ def test_too_few_rows_for_the_global_batch_is_refused(root, llama_dir, tmp_path)
     proc = _torchrun(2, _args(tmp_path, llama_dir, "few", "batch_size=2"))
     assert proc.returncode != 0
     assert "batch_size: 3 training rows are fewer than one global step" in proc.stderr
+
+
+def test_sigterm_to_every_process_stops_the_ranks_at_one_step_and_resumes(root, llama_dir):
+    """A scheduler's SIGTERM (SLURM signals every process of the job; torchrun forwards it to
+    its workers too): the ranks agree on one step, checkpoint it, and the resumed run ends
+    with the weights of the run that was never stopped."""
+    common = ("batch_size=2", "distributed=ddp", "max_steps=24", "log_every=1")
+    _torchrun_ok(2, _args(root, llama_dir, "term-whole", *common))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tether", "train", *_args(root, llama_dir, "term", *common)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    metrics = root / "term" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().strip()):  # training has started
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the ranks did not stop within 120 s of SIGTERM")
+    ckpts = sorted((root / "term" / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1, err[-3000:]
+    step = int(ckpts[0].name.split("-")[1])
+    assert 1 <= step < 24 and not (root / "term" / "model").exists()  # stopped mid-run
+    assert [m["step"] for m in _metrics(root / "term")] == list(range(1, step + 1))
+    assert "resume=true" in err
+    _torchrun_ok(2, _args(root, llama_dir, "term", *common, "resume=true"))
+    _assert_same_run(root / "term-whole", root / "term", atol=0)  # same ranks: bit for bit
