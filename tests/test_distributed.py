@@ -299,3 +299,23 @@ def test_sigterm_to_every_process_stops_the_ranks_at_one_step_and_resumes(root, 
     assert "resume=true" in err
     _torchrun_ok(2, _args(root, llama_dir, "term", *common, "resume=true"))
     _assert_same_run(root / "term-whole", root / "term", atol=0)  # same ranks: bit for bit
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_fsdp_resumes_a_single_process_checkpoint(root, llama_dir, single, lora_single, lora):
+    """Started in one plain process (safetensors checkpoint at step 2), continued on 2 FSDP
+    ranks with the same global batch: the run equals the uninterrupted one-process run."""
+    extra = LORA if lora else (f"eval_data={root / 'eval.jsonl'}",)
+    run = root / f"one-then-fsdp-{'lora' if lora else 'full'}"
+    train(load_config(TrainConfig, None, _args(root, llama_dir, run.name, "batch_size=4",
+                                               "max_steps=2", "save_every=2", *extra)))
+    ckpt = run / "checkpoints" / "step-2"
+    assert (ckpt / "optimizer.safetensors").is_file() and not (ckpt / ".metadata").exists()
+    _torchrun_ok(2, _args(root, llama_dir, run.name, "batch_size=2", "distributed=fsdp",
+                       "resume=true", *extra))
+    if not lora:
+        _assert_same_run(single, run)
+        return
+    for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
+        # the bounds of test_lora_two_ranks_equal_one_process, for the reason given there
+        _assert_same_run(lora_single, run, weights, atol=2e-4, mean_atol=1e-6)

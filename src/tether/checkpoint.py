@@ -27,8 +27,8 @@ from tether.errors import CheckpointError
 
 __all__ = [
     "LoopState", "checkpoint_failed", "checkpoint_paths", "latest_checkpoint", "load_checkpoint",
-    "prepare_checkpoint", "prune_checkpoints", "publish_checkpoint", "save_checkpoint",
-    "write_state",
+    "optimizer_state_by_name", "prepare_checkpoint", "prune_checkpoints", "publish_checkpoint",
+    "read_state", "save_checkpoint", "write_state",
 ]
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -215,6 +215,40 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=_step) if found else None
 
 
+def read_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``state.json`` of a checkpoint, after checking it belongs to this run (same config and
+    data: ``fingerprint``); a CheckpointError names every difference."""
+    try:
+        meta: dict[str, Any] = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/state.json: unreadable ({e})") from None
+    saved = meta.get("fingerprint", {})
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {fingerprint[k]!r}"
+            for k in fingerprint if saved.get(k) != fingerprint[k]]
+    if diff:
+        raise CheckpointError(
+            f"{path}: refusing to resume a different run ({'; '.join(diff)}); use the same "
+            "config or a new output_dir"
+        )
+    return meta
+
+
+def optimizer_state_by_name(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], names: list[str]
+) -> dict[str, Any]:
+    """The optimizer state that ``save_checkpoint`` wrote (keyed by parameter index), keyed by
+    parameter name instead: the layout torch.distributed's ``set_state_dict`` takes.
+    ``names``: the trainable parameters' names in the optimizer's order."""
+    state: dict[str, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(names[int(pid)], {})[name] = v
+    for pid, sc in meta["scalars"].items():
+        state.setdefault(names[int(pid)], {}).update(sc)
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -227,21 +261,7 @@ def load_checkpoint(
     Only safetensors and JSON are read: a file carrying a pickle payload fails to parse and
     is refused, it is never unpickled.
     """
-    try:
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}/state.json: unreadable ({e})") from None
-    saved = meta.get("fingerprint", {})
-    diff = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {fingerprint[k]!r}"
-        for k in fingerprint
-        if saved.get(k) != fingerprint[k]
-    ]
-    if diff:
-        raise CheckpointError(
-            f"{path}: refusing to resume a different run ({'; '.join(diff)}); use the same "
-            "config or a new output_dir"
-        )
+    meta = read_state(path, fingerprint)
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
         if missing or unexpected:

@@ -10,12 +10,12 @@ Tensors are saved under their model names (fully qualified names, not DDP's ``mo
 FSDP's layout), so a checkpoint loads at any number of ranks, in DDP or FSDP, or in one plain
 process: DCP reshards on load. Frozen parameters (a LoRA run's base) are not saved: they come
 from ``model`` again. DCP's files hold tensors and a metadata index, and ``torch.load`` never
-reads them: the loader takes nothing but tensors and JSON.
+reads them: the loader takes nothing but tensors and JSON. A single-process checkpoint
+(safetensors) resumes under FSDP too: each rank keeps its shard of the whole tensors.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,11 @@ from tether.checkpoint import (
     checkpoint_failed,
     checkpoint_paths,
     load_checkpoint,
+    optimizer_state_by_name,
     prepare_checkpoint,
     prune_checkpoints,
     publish_checkpoint,
+    read_state,
     write_state,
 )
 from tether.errors import CheckpointError
@@ -100,18 +102,7 @@ def load_sharded_checkpoint(
     fingerprint: dict[str, Any],
 ) -> LoopState:
     """Restore a DCP checkpoint at this run's number of ranks (every rank calls this)."""
-    try:
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}/state.json: unreadable ({e})") from None
-    saved = meta.get("fingerprint", {})
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {fingerprint[k]!r}"
-            for k in fingerprint if saved.get(k) != fingerprint[k]]
-    if diff:
-        raise CheckpointError(
-            f"{path}: refusing to resume a different run ({'; '.join(diff)}); use the same "
-            "config or a new output_dir"
-        )
+    meta = read_state(path, fingerprint)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     try:
         # DCP loads in place, into the tensors of the state dicts given (resharding them)
@@ -140,8 +131,33 @@ def load_any_checkpoint(
     if is_sharded(path):
         return load_sharded_checkpoint(path, model, optimizer, scheduler, fingerprint)
     if any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()):
-        raise CheckpointError(
-            f"{path}: written by a single process, which FSDP cannot load; resume it with "
-            "distributed=ddp or without torchrun"
-        )
+        return _load_single_into_shards(path, model, optimizer, scheduler, fingerprint)
     return load_checkpoint(path, model, optimizer, scheduler, fingerprint)
+
+
+def _load_single_into_shards(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    fingerprint: dict[str, Any],
+) -> LoopState:
+    """A single-process checkpoint resumed under FSDP: every rank reads its whole tensors, and
+    ``set_state_dict(full_state_dict=True)`` keeps this rank's shard of each (weights and the
+    optimizer state, renamed from the parameters' order to their names)."""
+    meta = read_state(path, fingerprint)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # the optimizer's order
+    try:
+        weights: dict[str, Any] = load_file(str(path / "model.safetensors"))
+        optim = optimizer_state_by_name(load_file(str(path / "optimizer.safetensors")),
+                                        meta["optimizer"], names)
+        set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
+                       options=StateDictOptions(full_state_dict=True))
+        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    except (OSError, RuntimeError, KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(
+            f"{path}: not a valid tether checkpoint for this model ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]})"
+        ) from None
+    scheduler.load_state_dict(meta["scheduler"])
+    return LoopState(**meta["loop"])
