@@ -44,6 +44,11 @@ class HeadTransform:
     scale: float = 1.0
     softcap: float | None = None
 
+    @property
+    def identity(self) -> bool:
+        """The head's output is the logits (most models): nothing to apply or differentiate."""
+        return self.scale == 1.0 and self.softcap is None
+
     def logits_(self, z: Tensor) -> Tensor:
         """The model's logits from the head's output ``z``, computed in place in ``z``."""
         if self.scale != 1.0:
@@ -155,7 +160,8 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
             logits = transform.logits_(_logits(h, w, bias))  # (n, V) fp32
             d = logits.softmax(-1).mul_(-g)
             d.scatter_add_(1, targets[s : s + ctx.chunk, None], g)  # onehot(t) - p, times g
-            d.mul_(transform.slope_(logits))  # chain rule back to the head's output
+            if not transform.identity:
+                d.mul_(transform.slope_(logits))  # chain rule back to the head's output
             del logits
             d_c = d.to(cd)
             if grad_h is not None:
