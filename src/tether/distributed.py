@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
@@ -45,7 +45,14 @@ from tqdm import tqdm
 from tether.batching import PreferenceBatch, collate
 from tether.errors import ConfigError
 from tether.logprobs import SequenceLogProbs
-from tether.reference import FrozenCopy, Precomputed, Reference, cache_path, weights_fingerprint
+from tether.reference import (
+    FrozenCopy,
+    Precomputed,
+    Reference,
+    cache_path,
+    save_table,
+    weights_fingerprint,
+)
 from tether.runs import RunDir
 from tether.tokenization import TokenizedPair
 
@@ -438,9 +445,7 @@ def precompute_reference(
                               autocast, f"reference ({split})", progress and d.main)
         if d.main:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"chosen": c.contiguous(), "rejected": r.contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            save_table(path, {"chosen": c, "rejected": r})
         table[split] = (c, r)
     out = Precomputed(table)
     out.cache_hits = hits
