@@ -110,14 +110,9 @@ def load_sharded_checkpoint(
                  no_dist=not dist.is_initialized())  # a plain process may resume too
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                        options=_OPTIONS)
-        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+        return _restore_loop(path, meta, scheduler)
     except (dcp.api.CheckpointException, OSError, RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: not a valid tether checkpoint for this model ({type(e).__name__}: "
-            f"{str(e).splitlines()[0]})"
-        ) from None
-    scheduler.load_state_dict(meta["scheduler"])
-    return LoopState(**meta["loop"])
+        raise _invalid(path, e) from None
 
 
 def load_any_checkpoint(
@@ -153,11 +148,18 @@ def _load_single_into_shards(
                                         meta["optimizer"], names)
         set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                        options=StateDictOptions(full_state_dict=True))
-        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+        return _restore_loop(path, meta, scheduler)
     except (OSError, RuntimeError, KeyError, ValueError, IndexError) as e:
-        raise CheckpointError(
-            f"{path}: not a valid tether checkpoint for this model ({type(e).__name__}: "
-            f"{str(e).splitlines()[0]})"
-        ) from None
+        raise _invalid(path, e) from None
+
+
+def _restore_loop(path: Path, meta: dict[str, Any], scheduler: Any) -> LoopState:
+    """What follows the tensors: RNG states, the scheduler, and where the loop stood."""
+    _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
     scheduler.load_state_dict(meta["scheduler"])
     return LoopState(**meta["loop"])
+
+
+def _invalid(path: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: not a valid tether checkpoint for this model "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")

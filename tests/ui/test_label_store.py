@@ -67,6 +67,22 @@ def test_settings_are_fixed_at_creation(tmp_path: Path) -> None:
         LabelStore(tmp_path / "junk.db")
 
 
+def interleave(store: LabelStore, names: tuple[str, ...], choice: str) -> dict[str, list[int]]:
+    """Annotators voting in turn, as people working at the same time; item ids each voted."""
+    sessions = [store.login(n)[1] for n in names]
+    got: dict[str, list[int]] = {s.name: [] for s in sessions}
+    active = list(sessions)
+    while active:
+        for who in list(active):
+            shown = store.current(who)
+            if shown is None:
+                active.remove(who)
+                continue
+            store.vote(who, shown.item.id, choice)
+            got[who.name].append(shown.item.id)
+    return got
+
+
 def test_overlap_items_go_to_everyone_and_the_rest_to_one_annotator(tmp_path: Path) -> None:
     store = LabelStore(tmp_path / "l.db", overlap=0.2)
     store.add_items(pairs(20))
@@ -83,17 +99,7 @@ def test_overlap_items_go_to_everyone_and_the_rest_to_one_annotator(tmp_path: Pa
 def test_interleaved_annotators_split_exclusive_items(tmp_path: Path) -> None:
     store = LabelStore(tmp_path / "l.db", overlap=0.1)
     store.add_items(pairs(30))
-    sessions = [store.login(n)[1] for n in ("ann", "bob", "cyd")]
-    got: dict[str, list[int]] = {s.name: [] for s in sessions}
-    active = list(sessions)
-    while active:
-        for who in list(active):
-            shown = store.current(who)
-            if shown is None:
-                active.remove(who)
-                continue
-            store.vote(who, shown.item.id, "B")
-            got[who.name].append(shown.item.id)
+    got = interleave(store, ("ann", "bob", "cyd"), "B")
     shared = {i.id for i in store.items() if i.overlap}
     everyone = [set(v) for v in got.values()]
     assert all(shared <= s for s in everyone)
@@ -105,15 +111,7 @@ def test_interleaved_annotators_split_exclusive_items(tmp_path: Path) -> None:
 def test_overlap_annotators_caps_how_many_people_judge_a_shared_item(tmp_path: Path) -> None:
     store = LabelStore(tmp_path / "l.db", overlap=0.25, overlap_annotators=2)
     store.add_items(pairs(20))
-    sessions = [store.login(n)[1] for n in ("ann", "bob", "cyd", "dee")]
-    active = list(sessions)
-    while active:  # interleaved, as people work at the same time
-        for who in list(active):
-            shown = store.current(who)
-            if shown is None:
-                active.remove(who)
-                continue
-            store.vote(who, shown.item.id, "A")
+    interleave(store, ("ann", "bob", "cyd", "dee"), "A")
     shared = {i.id for i in store.items() if i.overlap}
     per_item: dict[int, int] = {}
     for v in store.votes():
