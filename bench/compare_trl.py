@@ -116,10 +116,10 @@ def _pins() -> list[str]:
 
 def prepare(w: Workload, root: Path, batch: int, seed: int) -> dict[str, Any]:
     """Materialise the workload; tokenize it the way tether will; order the pairs for TRL."""
-    from tether.batching import step_batches
-    from tether.data import load_preferences
-    from tether.modeling import load_tokenizer
-    from tether.tokenization import tokenize_records
+    from tether.data.batching import step_batches
+    from tether.data.records import load_preferences
+    from tether.model.loading import load_tokenizer
+    from tether.data.tokenization import tokenize_records
 
     d = materialise(w, root)
     tok = load_tokenizer(str(d / "model"))

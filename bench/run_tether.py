@@ -1,4 +1,4 @@
-"""Child process: ``tether.train`` on the benchmark workload, reporting timings.
+"""Child process: ``tether.training.loop`` on the benchmark workload, reporting timings.
 
 Usage: ``python bench/run_tether.py SPEC.json OUT.json`` (with tether importable). The step
 boundaries come from a global optimizer-step hook, the same one the TRL child uses, so both
@@ -22,7 +22,7 @@ def main(spec_path: str, out_path: str) -> None:
 
     from tether import reference
     from tether.config import TrainConfig, build_config
-    from tether.train import train
+    from tether.training.loop import train
 
     torch.set_num_threads(spec["threads"])
     step_ends: list[float] = []
@@ -56,9 +56,9 @@ def main(spec_path: str, out_path: str) -> None:
 
     reference.FrozenCopy.__call__ = timed_call  # type: ignore[method-assign]
     if spec.get("full_logits"):  # lever (a) switched off: the whole (B, T, V) logits
-        import tether.train
+        import tether.training.loop
 
-        tether.train.batch_logps = _full_logits  # type: ignore[assignment]
+        tether.training.loop.batch_logps = _full_logits  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(TrainConfig, {
             "model": spec["model_dir"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tether.tiny import tiny_gpt2, tiny_llama, train_tokenizer
+from tether.model.tiny import tiny_gpt2, tiny_llama, train_tokenizer
 
 torch.set_num_threads(2)
 

@@ -83,7 +83,7 @@ def test_sample_ranks_answers_with_the_judge(tmp_path, llama_dir):
 
 
 def test_sample_cuts_prompts_to_the_context_window(tmp_path, tokenizer):
-    from tether.tiny import tiny_gpt2
+    from tether.model.tiny import tiny_gpt2
 
     model_dir = tmp_path / "gpt2"  # 24 learned positions: a longer prompt would index past them
     tiny_gpt2(tokenizer, hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(model_dir)

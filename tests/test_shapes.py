@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import make_pairs, write_jsonl
-from tether.batching import collate
+from tether.data.batching import collate
 from tether.errors import DataError
-from tether.reference import FrozenCopy
+from tether.training.reference import FrozenCopy
 from tether.shapes import (
     TokenizedRanked,
     TokenizedUnpaired,
@@ -23,8 +23,8 @@ from tether.shapes import (
     load_shaped,
     load_unpaired,
 )
-from tether.steps import RankedPrecomputed
-from tether.tiny import tiny_llama
+from tether.training.steps import RankedPrecomputed
+from tether.model.tiny import tiny_llama
 
 
 class Cfg:
@@ -166,7 +166,7 @@ def test_ranked_file_with_a_pairwise_loss_expands_into_weighted_pairs(tmp_path: 
     raw = [0.5, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5]
     assert weights == pytest.approx([w / (sum(raw) / 8) for w in raw])
     assert load_shaped(Cfg("dpo"), str(write_jsonl(tmp_path / "p.jsonl", make_pairs(2))),
-                       tokenizer) is None  # plain pairs stay with tether.data
+                       tokenizer) is None  # plain pairs stay with tether.data.records
 
 
 def test_pairs_file_with_a_ranked_loss_reads_rankings_of_two(tmp_path: Path, tokenizer):

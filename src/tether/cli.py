@@ -23,9 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("tether.commands.sft", "supervised fine-tuning on prompt/completion rows"),
     "pairs": ("tether.commands.pairs", "import, sample or rewrite preference pairs (JSONL)"),
     "iterate": ("tether.commands.iterate", "iterative DPO: sample, judge, train, evaluate, repeat"),
-    "eval": ("tether.eval.cli", "win-rate of the trained model against its reference"),
-    "label": ("tether.ui.cli", "a local web page where people judge answers side by side"),
-    "demo": ("tether.demo.cli", "the whole method end to end on a tiny model, offline, minutes"),
+    "eval": ("tether.commands.eval", "win-rate of the trained model against its reference"),
+    "label": ("tether.commands.label", "a local web page where people judge answers side by side"),
+    "demo": ("tether.commands.demo", "the whole method end to end on a tiny model, offline, minutes"),
 }
 
 

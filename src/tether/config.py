@@ -131,7 +131,7 @@ class TrainConfig(LossConfig):
         5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
     )
 
-    # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (tether.lora, tether.distributed)
+    # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (tether.model.lora, tether.training.distributed)
     lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA scale numerator: the update is (alpha / r) B A x")

@@ -71,7 +71,7 @@ def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
     """Run the rounds; returns (and writes) the per-round win-rates."""
     from tether.eval.evaluate import evaluate
     from tether.pairs import PairsConfig, sample
-    from tether.train import TrainConfig, train
+    from tether.training.loop import TrainConfig, train
 
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

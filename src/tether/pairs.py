@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tether.data import load_preferences, load_prompts
+from tether.data.records import load_preferences, load_prompts
 from tether.errors import DataError, JudgeError
 from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import JudgeItem, Verdict
@@ -162,8 +162,8 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     from tether.eval.generate import Decoding, fit_to_context, generate
     from tether.eval.judges.registry import build_judge
     from tether.eval.judging import prompt_text
-    from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype
-    from tether.tokenization import prompt_ids, use_chat
+    from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from tether.data.tokenization import prompt_ids, use_chat
 
     judge = build_judge(cfg)  # first, so a bad judge setting fails before any generation
     prompts = load_prompts(cfg.data, field_map=cfg.field_map,

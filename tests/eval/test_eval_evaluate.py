@@ -13,7 +13,7 @@ from tether.errors import ConfigError
 from tether.eval import cli as eval_cli
 from tether.eval.config import EvalConfig
 from tether.eval.evaluate import evaluate
-from tether.tiny import tiny_llama
+from tether.model.tiny import tiny_llama
 
 DOCUMENTED = {"win_rate", "ci95", "wins", "ties", "losses", "unparsed", "n", "lc_win_rate",
               "judge", "wilson95", "lc_ci95", "order_flip_rate", "lengths", "implicit_reward"}
@@ -233,7 +233,7 @@ def test_tether_cli_maps_eval_errors_to_exit_2(setup, monkeypatch, capsys, tmp_p
     from tether import cli
 
     # The lead registers the subcommand in tether.cli.COMMANDS; the test does it here.
-    monkeypatch.setitem(cli.COMMANDS, "eval", ("tether.eval.cli", "win-rate vs the reference"))
+    monkeypatch.setitem(cli.COMMANDS, "eval", ("tether.commands.eval", "win-rate vs the reference"))
     run, _, data = setup
     assert cli.main(["eval", f"model={run}", f"data={data}", "judge=rule"]) == 2
     err = capsys.readouterr().err
@@ -246,7 +246,7 @@ def test_tether_cli_maps_eval_errors_to_exit_2(setup, monkeypatch, capsys, tmp_p
 def test_prompts_beyond_the_context_window_lose_their_oldest_tokens(tokenizer, tmp_path):
     """GPT-2's learned positions end at n_positions: a prompt that, with max_new_tokens, does not
     fit would index past them. It is cut from the left and counted instead."""
-    from tether.tiny import tiny_gpt2
+    from tether.model.tiny import tiny_gpt2
 
     model_dir = tmp_path / "gpt2"
     tiny_gpt2(tokenizer, hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(model_dir)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tether.data import PreferenceRecord
+from tether.data.records import PreferenceRecord
 from tether.eval.implicit import implicit_reward_stats, pair_logps
-from tether.tiny import tiny_llama
-from tether.tokenization import tokenize_records
+from tether.model.tiny import tiny_llama
+from tether.data.tokenization import tokenize_records
 
 
 def test_implicit_reward_hand_computed():

@@ -12,7 +12,7 @@ from tether.errors import JudgeError
 from tether.eval.judges.base import Judge, JudgeItem
 from tether.eval.judges.reward_model import RewardModelJudge
 from tether.eval.judges.rule import RuleJudge
-from tether.tiny import train_tokenizer
+from tether.model.tiny import train_tokenizer
 
 
 def test_rule_scoring_exact_answer_reads_the_row():

@@ -23,7 +23,7 @@ from tether.eval.judges.openai import OpenAIJudge
 from tether.eval.judges.template import PAIRWISE_V1, parse_verdict
 from tether.eval.judging import Pair, judge_pairs, outcome_of
 from tether.eval.stats import count_outcomes, order_agreement
-from tether.tiny import tiny_llama, train_tokenizer
+from tether.model.tiny import tiny_llama, train_tokenizer
 
 pytestmark = pytest.mark.slow
 

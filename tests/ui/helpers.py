@@ -34,7 +34,7 @@ class LiveServer:
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tether.ui", "--port", "0", *args],
+            [sys.executable, "-m", "tether", "label", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

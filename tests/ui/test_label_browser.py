@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.ui.cli import main
+from tether.commands.label import main
 
 from .helpers import write_jsonl
 

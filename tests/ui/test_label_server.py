@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tether.errors import ConfigError
-from tether.ui.cli import main
+from tether.commands.label import main
 from tether.ui.inputs import PairItem
 from tether.ui.security import LOOPBACK
 from tether.ui.server import allowed_hosts_for, serve

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tether.train import sft
+    from tether.training.loop import sft
 
     args.items = [*args.items, "loss=sft"]
     path = sft(config_from_args(args, TrainConfig))

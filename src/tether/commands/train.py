@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tether.train import train
+    from tether.training.loop import train
 
     path = train(config_from_args(args, TrainConfig))
     if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per process

@@ -1,9 +1,9 @@
 """``demo(output_dir, seed, size)``: the five steps of the method on the synthetic task.
 
 1. a BPE tokenizer trained on the demo corpus and a random-init tiny Llama, saved (``base/``);
-2. SFT on a mixture of answer styles (``tether.train.sft``; run directory ``sft/``);
+2. SFT on a mixture of answer styles (``tether.sft``; run directory ``sft/``);
 3. preference pairs from the same generator (``data/pairs.jsonl``);
-4. DPO against the SFT model, reference log-probs precomputed (``tether.train.train``; the
+4. DPO against the SFT model, reference log-probs precomputed (``tether.train``; the
    output directory itself is this run directory: ``config.yaml``, ``metrics.jsonl``,
    ``model/``);
 5. win-rate of the DPO model against the SFT model on held-out prompts, judged by the task's
@@ -187,7 +187,7 @@ def write_pairs(data_dir: Path, size: DemoSize, seed: int) -> Path:
 
 def build_base(out: Path, sft_path: Path, size: DemoSize, seed: int) -> Path:
     """Tokenizer trained on the SFT corpus and a random-init Llama, saved in HF format."""
-    from tether.tiny import tiny_llama, train_tokenizer
+    from tether.model.tiny import tiny_llama, train_tokenizer
 
     texts = []
     with sft_path.open(encoding="utf-8") as f:
@@ -225,7 +225,7 @@ def demo(
     """Run the five steps; write the run directory; return the summary (also ``demo.json``)."""
     from tether.eval.config import EvalConfig
     from tether.eval.evaluate import evaluate
-    from tether.train import sft, train
+    from tether.training.loop import sft, train
 
     if size not in SIZES:
         raise ConfigError(f"size: unknown '{size}'; valid: {', '.join(SIZES)}")
@@ -332,11 +332,11 @@ def _kl_estimate(policy_dir: Path, reference_dir: Path, rows: list[dict[str, Any
                  answers: list[str], device: str) -> dict[str, float]:
     """KL(policy || reference) ≈ mean over the policy's own answers y of
     log π(y|x) − log π_ref(y|x) (greedy answers, so a rough, not unbiased, estimate)."""
-    from tether.batching import collate
-    from tether.data import PreferenceRecord
-    from tether.logprobs import sequence_logps
-    from tether.modeling import load_model, load_tokenizer, resolve_device
-    from tether.tokenization import tokenize_records
+    from tether.data.batching import collate
+    from tether.data.records import PreferenceRecord
+    from tether.model.logprobs import sequence_logps
+    from tether.model.loading import load_model, load_tokenizer, resolve_device
+    from tether.data.tokenization import tokenize_records
 
     tokenizer = load_tokenizer(str(policy_dir))
     records = [PreferenceRecord(r["prompt"], _messages("assistant", a), "", f"heldout:{i + 1}")

@@ -25,7 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from tether.config import save_config
-from tether.data import PreferenceRecord, PromptRecord, load_preferences, load_prompts
+from tether.data.records import PreferenceRecord, PromptRecord, load_preferences, load_prompts
 from tether.errors import ConfigError, ModelError
 from tether.eval.cache import JudgmentCache
 from tether.eval.config import EvalConfig
@@ -42,8 +42,8 @@ from tether.eval.judges.registry import build_judge
 from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
-from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype
-from tether.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
+from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+from tether.data.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
 
 __all__ = ["evaluate"]
 

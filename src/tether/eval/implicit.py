@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from tether.batching import collate
+from tether.data.batching import collate
 from tether.eval.stats import wilson_interval
-from tether.logprobs import sequence_logps
-from tether.tokenization import TokenizedPair
+from tether.model.logprobs import sequence_logps
+from tether.data.tokenization import TokenizedPair
 
 __all__ = ["implicit_reward_stats", "pair_logps"]
 

@@ -53,7 +53,7 @@ def _rule(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
 @register_judge("reward_model")
 def _reward_model(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
     from tether.eval.judges.reward_model import RewardModelJudge
-    from tether.modeling import resolve_device
+    from tether.model.loading import resolve_device
 
     return RewardModelJudge(
         cfg.judge_model,

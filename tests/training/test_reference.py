@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import make_pairs, read_metrics, train_config, write_jsonl
-from tether.batching import collate
-from tether.data import PreferenceRecord
-from tether.logprobs import sequence_logps
-from tether.modeling import load_model
-from tether.reference import FrozenCopy, Precomputed, score_rows, weights_fingerprint
-from tether.tiny import tiny_llama
-from tether.tokenization import tokenize_records
-from tether.train import train
+from tether.data.batching import collate
+from tether.data.records import PreferenceRecord
+from tether.model.logprobs import sequence_logps
+from tether.model.loading import load_model
+from tether.training.reference import FrozenCopy, Precomputed, score_rows, weights_fingerprint
+from tether.model.tiny import tiny_llama
+from tether.data.tokenization import tokenize_records
+from tether.training.loop import train
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected"]

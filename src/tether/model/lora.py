@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from tether.batching import PreferenceBatch
+from tether.data.batching import PreferenceBatch
 from tether.errors import ConfigError, ModelError
-from tether.modeling import load_model
+from tether.model.loading import load_model
 
 if TYPE_CHECKING:
     from tether.config import TrainConfig

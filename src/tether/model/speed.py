@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from tether.logprobs import split_head
+from tether.model.logprobs import split_head
 
 __all__ = ["apply_levers"]
 

@@ -11,7 +11,7 @@ import datasets
 import pytest
 
 from conftest import write_jsonl
-from tether.data import (
+from tether.data.records import (
     load_completions,
     load_preferences,
     load_prompts,
@@ -29,7 +29,7 @@ ROWS = [
 # The file issue 2 names; it sits beside the repository (../shared/data). TETHER_SHARED_DATA
 # points elsewhere (e.g. from a git worktree whose parent is not the project directory).
 SHARED_DATA = Path(
-    os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
 )
 INSTRUCTION_FILE = SHARED_DATA / "instruction-data-with-preference.json"
 

@@ -16,7 +16,7 @@ from tether.cli import main
 from tether.config import TrainConfig, load_config
 
 GOOD = {"prompt": "the cat sat", "chosen": " yes please", "rejected": " no"}
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def jsonl(path: Path, *lines: str | dict) -> Path:
@@ -183,7 +183,7 @@ def test_debug_shows_the_traceback_that_plain_runs_hide():
     import sys
     from pathlib import Path
 
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     args = [sys.executable, "-m", "tether", "train", "model=m", "data=d.jsonl", "bta=1"]
     plain = subprocess.run(args, capture_output=True, text=True, env=env)
     debug = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True,

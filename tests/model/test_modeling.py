@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from tether.errors import ModelError
-from tether.modeling import load_model, load_tokenizer
+from tether.model.loading import load_model, load_tokenizer
 
 
 def test_tokenizer_without_pad_token_gets_eos_with_a_warning(tmp_path, tokenizer, caplog):

@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_pairs, read_metrics, train_config, write_jsonl
-from tether.batching import collate
+from tether.data.batching import collate
 from tether.config import TrainConfig, load_config
-from tether.data import load_preferences
-from tether.modeling import load_model, load_tokenizer
-from tether.tiny import tiny_llama
-from tether.tokenization import tokenize_records
-from tether.train import sft, train
+from tether.data.records import load_preferences
+from tether.model.loading import load_model, load_tokenizer
+from tether.model.tiny import tiny_llama
+from tether.data.tokenization import tokenize_records
+from tether.training.loop import sft, train
 
 REQUIRED_METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
                     "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm", "lr",
@@ -193,7 +193,7 @@ def test_saved_model_reloads_with_plain_transformers(llama_dir, pairs_file, tmp_
     assert final["eval/logps/chosen"] == pytest.approx(plain[:n].mean().item(), rel=1e-5)
     assert final["eval/logps/rejected"] == pytest.approx(plain[n:].mean().item(), rel=1e-5)
     # ... and it is not the untrained one.
-    from tether.logprobs import sequence_logps
+    from tether.model.logprobs import sequence_logps
 
     with torch.no_grad():
         before, _ = sequence_logps(load_model(str(llama_dir)), b.input_ids, b.attention_mask,

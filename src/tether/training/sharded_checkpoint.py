@@ -1,6 +1,6 @@
 """Checkpoints of a torchrun run: ``torch.distributed.checkpoint`` (DCP), sharded and reshardable.
 
-Beside ``tether.checkpoint`` (one process, safetensors), with the same directory contract:
+Beside ``tether.training.checkpoint`` (one process, safetensors), with the same directory contract:
 ``checkpoints/step-N/`` is complete if it exists. Every rank writes its own shard of the
 weights and optimizer state (``__R_0.distcp``) into ``.tmp-step-N``; DCP's coordinator adds
 ``.metadata``; rank 0 adds ``state.json`` and ``rng.safetensors`` (loop position, scheduler,
@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from tether.checkpoint import (
+from tether.training.checkpoint import (
     LoopState,
     _set_rng_state,
     checkpoint_failed,

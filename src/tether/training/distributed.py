@@ -42,10 +42,10 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from tether.batching import PreferenceBatch, collate
+from tether.data.batching import PreferenceBatch, collate
 from tether.errors import ConfigError
-from tether.logprobs import SequenceLogProbs
-from tether.reference import (
+from tether.model.logprobs import SequenceLogProbs
+from tether.training.reference import (
     FrozenCopy,
     Precomputed,
     Reference,
@@ -53,8 +53,8 @@ from tether.reference import (
     save_table,
     weights_fingerprint,
 )
-from tether.runs import RunDir
-from tether.tokenization import TokenizedPair
+from tether.training.run_dir import RunDir
+from tether.data.tokenization import TokenizedPair
 
 __all__ = [
     "Dist", "GradSync", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",

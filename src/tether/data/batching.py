@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tether.tokenization import TokenizedPair
+from tether.data.tokenization import TokenizedPair
 
 __all__ = ["PreferenceBatch", "collate", "step_batches"]
 

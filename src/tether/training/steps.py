@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from tether.batching import PreferenceBatch, collate
-from tether.logprobs import sequence_logps
+from tether.data.batching import PreferenceBatch, collate
+from tether.model.logprobs import sequence_logps
 from tether.losses import (
     LossConfig,
     LossOutput,
@@ -31,8 +31,8 @@ from tether.losses import (
     ranked_loss,
     unpaired_loss,
 )
-from tether.reference import cache_path, save_table, weights_fingerprint
-from tether.tokenization import TokenizedPair
+from tether.training.reference import cache_path, save_table, weights_fingerprint
+from tether.data.tokenization import TokenizedPair
 
 __all__ = ["RankedPrecomputed", "objective_step"]
 
@@ -129,7 +129,7 @@ class RankedPrecomputed:
     """Reference log-prob sums of every response of ranked rows, ``(N, K)`` per split.
 
     Computed once before training from the policy at its start and cached on disk like the
-    pairs' table (``tether.reference.cache_path``: weights, token ids, settings), so a second
+    pairs' table (``tether.training.reference.cache_path``: weights, token ids, settings), so a second
     run over the same rows reads it. Calls return the same layout as ``FrozenCopy`` on a ranked
     batch.
     """

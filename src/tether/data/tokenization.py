@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tether.data import Message, PreferenceRecord, Text
+from tether.data.records import Message, PreferenceRecord, Text
 from tether.errors import DataError
 
 __all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "tokenize_records", "use_chat"]

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_pairs, write_jsonl
 from tether.config import TrainConfig, load_config
-from tether.train import train
+from tether.training.loop import train
 
 
 def _train(tmp: Path, model: Path, data: Path, **over: Any) -> tuple[list[dict], Path]:

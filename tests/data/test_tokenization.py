@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tether.data import PreferenceRecord
+from tether.data.records import PreferenceRecord
 from tether.errors import DataError
-from tether.tokenization import prompt_ids, tokenize_records, use_chat
+from tether.data.tokenization import prompt_ids, tokenize_records, use_chat
 
 USER = [{"role": "user", "content": "the cat sat on the mat"}]
 

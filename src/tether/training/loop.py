@@ -25,11 +25,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tether.batching import micro_batches, step_batches
-from tether.checkpoint import LoopState, latest_checkpoint, save_checkpoint
+from tether.data.batching import micro_batches, step_batches
+from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.config import TrainConfig
-from tether.data import load_completions, load_preferences, needs_chat
-from tether.distributed import (
+from tether.data.records import load_completions, load_preferences, needs_chat
+from tether.training.distributed import (
     Dist,
     GradSync,
     ScorerReference,
@@ -45,17 +45,17 @@ from tether.distributed import (
     wrap_policy,
 )
 from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
-from tether.lora import LoraReference, apply_lora, load_4bit, save_lora
+from tether.model.lora import LoraReference, apply_lora, load_4bit, save_lora
 from tether.losses import LOSS_SPECS, LossOutput, call_loss, loss_config
-from tether.modeling import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
-from tether.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
-from tether.reference import Reference, data_fingerprint
-from tether.runs import RunDir
+from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
+from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
+from tether.training.reference import Reference, data_fingerprint
+from tether.training.run_dir import RunDir
 from tether.shapes import load_shaped
-from tether.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
-from tether.speed import apply_levers
-from tether.steps import RankedPrecomputed, objective_step
-from tether.tokenization import TokenizedPair, tokenize_records, use_chat
+from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
+from tether.model.speed import apply_levers
+from tether.training.steps import RankedPrecomputed, objective_step
+from tether.data.tokenization import TokenizedPair, tokenize_records, use_chat
 
 __all__ = ["sft", "train"]
 
@@ -152,7 +152,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 with s.grad_sync(last=m == len(micros) - 1):
                     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                         out, stats = _forward(s, batch, "train")
-                    # × world_size: DDP/FSDP average gradients over ranks (tether.distributed)
+                    # × world_size: DDP/FSDP average gradients over ranks (tether.training.distributed)
                     loss = out.losses.sum() * s.dist.world_size / len(step_rows)
                     loss.backward()
                 losses.append(loss.detach())

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tether.batching import PreferenceBatch, collate
+from tether.data.batching import PreferenceBatch, collate
 from tether.errors import ConfigError
-from tether.logprobs import head_logps, head_transform, sequence_logps, split_head
-from tether.tokenization import TokenizedPair
+from tether.model.logprobs import head_logps, head_transform, sequence_logps, split_head
+from tether.data.tokenization import TokenizedPair
 
 __all__ = [
     "Batch",

@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 
 from conftest import make_pairs, write_jsonl
 from tether.config import TrainConfig, load_config
-from tether.train import train
+from tether.training.loop import train
 
 pytestmark = pytest.mark.slow
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 COMPARED = ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
             "grad_norm", "lr")
 
@@ -80,7 +80,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM
-import tether.distributed as td
+import tether.training.distributed as td
 
 seen = {"allreduce_rounds": 0, "reduce_scatters": 0, "from_pretrained": 0, "meta": None}
 
@@ -109,7 +109,7 @@ load = AutoModelForCausalLM.from_pretrained
 AutoModelForCausalLM.from_pretrained = from_pretrained
 
 from tether.config import TrainConfig, load_config
-from tether.train import train
+from tether.training.loop import train
 
 out = train(load_config(TrainConfig, None, sys.argv[1:]))
 (out / f"spy-{os.environ['RANK']}.json").write_text(json.dumps(seen))

@@ -85,10 +85,10 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it).
 
-    ``quantization_config`` (QLoRA, see ``tether.lora``) places the model on ``device`` while
+    ``quantization_config`` (QLoRA, see ``tether.model.lora``) places the model on ``device`` while
     loading, since a quantized model cannot be moved afterwards. ``empty``: the architecture
     only, its parameters and buffers on the ``meta`` device (no memory, no weights read; FSDP
-    ranks other than 0 get their shards from rank 0, see ``tether.distributed``)."""
+    ranks other than 0 get their shards from rank 0, see ``tether.training.distributed``)."""
     _exists_or_hub_id(name, "model")
     path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
@@ -125,7 +125,7 @@ def save_model(
     model: PreTrainedModel, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None
 ) -> None:
     """``save_pretrained`` (safetensors) plus the tokenizer: loadable without tether.
-    ``state_dict``: the gathered weights of an FSDP-sharded model (``tether.distributed``).
+    ``state_dict``: the gathered weights of an FSDP-sharded model (``tether.training.distributed``).
 
     Written beside ``out`` and renamed into place, so a crash never leaves a half model there.
     """

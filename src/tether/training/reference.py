@@ -7,7 +7,7 @@
 - ``copy``: a frozen in-memory copy in the policy's dtype, scored batch by batch.
 - ``none``: reference-free objectives (SimPO, ORPO, RRHF, SFT).
 - ``lora``: the policy with its PEFT adapters disabled (``tether.lora.LoraReference``, same
-  ``__call__``); under torchrun ``tether.distributed`` shards the precompute and the copy.
+  ``__call__``); under torchrun ``tether.training.distributed`` shards the precompute and the copy.
 
 Every strategy returns per-sequence *sums* and the loop applies per-token averaging, so the
 cache does not depend on ``length_normalize``.
@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from tether.batching import PreferenceBatch
-from tether.prefix_sharing import Batch, batch_logps, make_batch
-from tether.tokenization import TokenizedPair
+from tether.data.batching import PreferenceBatch
+from tether.model.prefix_sharing import Batch, batch_logps, make_batch
+from tether.data.tokenization import TokenizedPair
 
 __all__ = [
     "FrozenCopy", "Precomputed", "Reference", "cache_path", "data_fingerprint", "save_table",

@@ -17,16 +17,16 @@ import pytest
 import torch
 
 from conftest import make_pairs, write_jsonl
-from tether.batching import collate, step_batches
+from tether.data.batching import collate, step_batches
 from tether.config import TrainConfig, build_config
 from tether.errors import ConfigError
-from tether.logprobs import sequence_logps
+from tether.model.logprobs import sequence_logps
 from tether.losses import dpo
-from tether.prefix_sharing import batch_logps, collate_shared, make_batch, shared_logps
-from tether.reference import score_rows
-from tether.speed import apply_levers
-from tether.tiny import tiny_gpt2, tiny_llama
-from tether.tokenization import TokenizedPair
+from tether.model.prefix_sharing import batch_logps, collate_shared, make_batch, shared_logps
+from tether.training.reference import score_rows
+from tether.model.speed import apply_levers
+from tether.model.tiny import tiny_gpt2, tiny_llama
+from tether.data.tokenization import TokenizedPair
 
 
 def random_pairs(n: int, seed: int = 0, vocab: int = 300) -> list[TokenizedPair]:
@@ -159,7 +159,7 @@ def test_train_with_and_without_prefix_sharing_gives_the_same_losses(tmp_path, l
             "cache_dir": str(tmp_path / "cache"), "max_steps": 3, "batch_size": 4, "lr": 1e-3,
             "progress": False, "prefix_sharing": flag,
         })
-        from tether.train import train
+        from tether.training.loop import train
 
         run = train(cfg)
         rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]

@@ -17,13 +17,13 @@ import torch
 
 from conftest import make_pairs, write_jsonl
 from tether import checkpoint as ckpt_module
-from tether.checkpoint import latest_checkpoint
+from tether.training.checkpoint import latest_checkpoint
 from tether.config import TrainConfig, load_config
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LOSS_SPECS, LOSSES, LossOutput, register
-from tether.train import train
+from tether.training.loop import train
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _args(tmp: Path, model: Path, out: str, *extra: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tether.batching import collate, micro_batches, step_batches
-from tether.tokenization import TokenizedPair
+from tether.data.batching import collate, micro_batches, step_batches
+from tether.data.tokenization import TokenizedPair
 
 
 def test_collate_stacks_chosen_over_rejected_with_masks():

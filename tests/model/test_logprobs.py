@@ -7,10 +7,10 @@ import torch
 import transformers
 
 from conftest import make_pairs
-from tether.batching import collate
-from tether.data import PreferenceRecord
+from tether.data.batching import collate
+from tether.data.records import PreferenceRecord
 from tether.errors import ModelError
-from tether.logprobs import (
+from tether.model.logprobs import (
     _HEAD_OPS,
     HeadTransform,
     SequenceLogProbs,
@@ -18,9 +18,9 @@ from tether.logprobs import (
     sequence_logps,
     split_head,
 )
-from tether.modeling import load_model
-from tether.prefix_sharing import collate_shared, shared_logps
-from tether.tokenization import TokenizedPair, tokenize_records
+from tether.model.loading import load_model
+from tether.model.prefix_sharing import collate_shared, shared_logps
+from tether.data.tokenization import TokenizedPair, tokenize_records
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

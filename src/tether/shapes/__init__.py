@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tether.data import (
+from tether.data.records import (
     DataReport,
     PreferenceRecord,
     Row,
@@ -40,7 +40,7 @@ from tether.data import (
 )
 from tether.errors import DataError
 from tether.losses import LOSS_SPECS, LossConfig, expand_ranking, loss_config, ranking_order
-from tether.tokenization import TokenizedPair, TruncationAudit, tokenize_records, use_chat
+from tether.data.tokenization import TokenizedPair, TruncationAudit, tokenize_records, use_chat
 
 __all__ = [
     "RankedRecord",

@@ -1,0 +1,1 @@
+"""Reading data: sources (files, datasets, the Hub), records, tokenization and batching."""
