@@ -11,24 +11,30 @@ import torch
 
 from conftest import make_pairs, write_jsonl
 from tether.data.batching import collate
+from tether.data.tokenization import TokenizedPair
 from tether.errors import DataError
-from tether.training.reference import FrozenCopy
+from tether.model.tiny import tiny_llama
 from tether.shapes import (
     TokenizedRanked,
     TokenizedUnpaired,
     TokenizedWeightedPair,
     UnpairedRecord,
-    _mismatched,
     load_ranked,
-    load_shaped,
     load_unpaired,
+    shape_of,
 )
-from tether.training.steps import RankedPrecomputed
-from tether.model.tiny import tiny_llama
+from tether.shapes.unpaired import _mismatched
+from tether.training.reference import FrozenCopy, Precomputed
+
+
+def load_shaped(cfg, path, tokenizer):
+    """The objective's data shape loads the file: (rows, truncation audit, report, chat)."""
+    loaded = shape_of(cfg.loss).load(cfg, path, tokenizer)
+    return loaded.rows, loaded.truncation, loaded.report, loaded.chat_template
 
 
 class Cfg:
-    """The fields of TrainConfig that load_shaped reads."""
+    """The fields of TrainConfig that a shape's load reads."""
 
     def __init__(self, loss: str, **over: object) -> None:
         self.loss, self.seed, self.split, self.data_format = loss, 0, "train", "auto"
@@ -165,8 +171,9 @@ def test_ranked_file_with_a_pairwise_loss_expands_into_weighted_pairs(tmp_path: 
     # row 1 gaps over range 2: 0.5, 1, 0.5 ; row 2 (range 2): 0.5, 1, 1, 0.5, 0.5
     raw = [0.5, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5]
     assert weights == pytest.approx([w / (sum(raw) / 8) for w in raw])
-    assert load_shaped(Cfg("dpo"), str(write_jsonl(tmp_path / "p.jsonl", make_pairs(2))),
-                       tokenizer) is None  # plain pairs stay with tether.data.records
+    plain = load_shaped(Cfg("dpo"), str(write_jsonl(tmp_path / "p.jsonl", make_pairs(2))),
+                        tokenizer)[0]
+    assert len(plain) == 2 and all(type(r) is TokenizedPair for r in plain)  # no weights
 
 
 def test_pairs_file_with_a_ranked_loss_reads_rankings_of_two(tmp_path: Path, tokenizer):
@@ -194,9 +201,9 @@ def test_ranked_precomputed_reference_matches_a_frozen_copy(tmp_path: Path, toke
     rows = load_shaped(Cfg("plackett_luce"), str(path), tokenizer)[0]  # type: ignore[index]
     torch.manual_seed(0)
     model = tiny_llama(tokenizer, hidden=32, layers=1, heads=4, kv_heads=2)
-    table = RankedPrecomputed.build(model, {"train": rows}, pad_id=tokenizer.pad_token_id,
-                                    batch_size=1, device=torch.device("cpu"), chunk=64,
-                                    progress=False)
+    table = Precomputed.build(model, {"train": rows}, pad_id=tokenizer.pad_token_id,
+                              batch_size=1, device=torch.device("cpu"), chunk=64,
+                              progress=False)
     batch = collate(rows, [0, 1], tokenizer.pad_token_id)
     first, rest = table(batch, "train")
     copy_first, copy_rest = FrozenCopy(model, 64)(batch, "train")

@@ -1,8 +1,8 @@
 """``tether <command> [CONFIG.yaml] [key=value ...]``: parse, call one public function, exit.
 
-Each subcommand lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``,
-listed in ``COMMANDS``. A ``TetherError`` becomes one line on stderr and exit code 2
-(``--debug`` shows the traceback); anything else is a bug and keeps its traceback.
+Each subcommand is the module ``tether.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``, listed in ``COMMANDS``. A ``TetherError`` becomes one line on stderr and
+exit code 2 (``--debug`` shows the traceback); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ from tether.errors import TetherError
 
 __all__ = ["COMMANDS", "main"]
 
-# name -> (module with add_arguments/run, one-line help)
+# name -> one-line help; each command is the module tether.commands.<name>
+_HELP = {
+    "train": "DPO (or a variant) against a frozen reference",
+    "sft": "supervised fine-tuning on prompt/completion rows",
+    "pairs": "import, sample or rewrite preference pairs (JSONL)",
+    "iterate": "iterative DPO: sample, judge, train, evaluate, repeat",
+    "eval": "win-rate of the trained model against its reference",
+    "label": "a local web page where people judge answers side by side",
+    "demo": "the whole method end to end on a tiny model, offline, minutes",
+}
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("tether.commands.train", "DPO (or a variant) against a frozen reference"),
-    "sft": ("tether.commands.sft", "supervised fine-tuning on prompt/completion rows"),
-    "pairs": ("tether.commands.pairs", "import, sample or rewrite preference pairs (JSONL)"),
-    "iterate": ("tether.commands.iterate", "iterative DPO: sample, judge, train, evaluate, repeat"),
-    "eval": ("tether.commands.eval", "win-rate of the trained model against its reference"),
-    "label": ("tether.commands.label", "a local web page where people judge answers side by side"),
-    "demo": ("tether.commands.demo", "the whole method end to end on a tiny model, offline, minutes"),
+    name: (f"tether.commands.{name}", text) for name, text in _HELP.items()
 }
 
 

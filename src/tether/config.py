@@ -20,6 +20,7 @@ import yaml
 
 from tether.errors import ConfigError
 from tether.fields import opt
+from tether.io import write_text
 from tether.losses.objective import LossConfig
 
 __all__ = [
@@ -131,7 +132,7 @@ class TrainConfig(LossConfig):
         5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
     )
 
-    # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (tether.model.lora, tether.training.distributed)
+    # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (model/lora, training/distributed)
     lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA scale numerator: the update is (alpha / r) B A x")
@@ -406,7 +407,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: Path) -> None:
     """Write the resolved config, exactly what ran, as YAML."""
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_help(cls: type) -> str:

@@ -14,7 +14,6 @@ previous``, as in iterative DPO, Xu et al. 2023) or stays the starting model (``
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Literal
 from tether.config import build_config
 from tether.eval.config import EvalConfig, JudgeConfig
 from tether.fields import opt
+from tether.io import write_json
 
 __all__ = ["IterateConfig", "iterate"]
 
@@ -104,7 +104,7 @@ def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
                         "ties": results["ties"], "losses": results["losses"],
                         "n": results["n"], "model": str(run / "model")})
         log.info("round %d: win-rate %.3f against the starting model", r, results["win_rate"])
-        (out / "iterate.json").write_text(json.dumps(history, indent=2) + "\n")
+        write_json(out / "iterate.json", history)
         current = str(run / "model")
     _plot(history, out / "winrate.png")
     return history

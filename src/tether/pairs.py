@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tether.errors import DataError, JudgeError
 from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import JudgeItem, Verdict
 from tether.fields import opt
+from tether.io import write_text
 
 __all__ = ["PairsConfig", "convert", "dedupe", "write_jsonl"]
 
@@ -116,16 +116,9 @@ def dedupe(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows atomically; returns how many."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    write_text(path, "".join(lines))
+    return len(lines)
 
 
 def convert(cfg: PairsConfig) -> dict[str, int]:
@@ -159,11 +152,11 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     left out). ``best_vs_worst`` writes (highest, lowest) per prompt; ``all`` every pair the
     judge ordered. Prompts whose answers all look the same to the judge give no pair.
     """
+    from tether.data.tokenization import prompt_ids, use_chat
     from tether.eval.generate import Decoding, fit_to_context, generate
     from tether.eval.judges.registry import build_judge
     from tether.eval.judging import prompt_text
     from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
-    from tether.data.tokenization import prompt_ids, use_chat
 
     judge = build_judge(cfg)  # first, so a bad judge setting fails before any generation
     prompts = load_prompts(cfg.data, field_map=cfg.field_map,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tether.data.records import PreferenceRecord
-from tether.errors import DataError
 from tether.data.tokenization import prompt_ids, tokenize_records, use_chat
+from tether.errors import DataError
 
 USER = [{"role": "user", "content": "the cat sat on the mat"}]
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
+from tether.commands import eval as eval_cli
 from tether.config import build_config
 from tether.errors import ConfigError
-from tether.eval import cli as eval_cli
 from tether.eval.config import EvalConfig
 from tether.eval.evaluate import evaluate
 from tether.model.tiny import tiny_llama

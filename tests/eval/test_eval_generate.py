@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from tether.data.tokenization import prompt_ids
 from tether.eval.generate import Decoding, Generation, GenerationCache, generate, stop_ids
 from tether.model.tiny import tiny_llama
-from tether.data.tokenization import prompt_ids
 
 PROMPTS = ["the cat", "a big red dog sat on the mat", "yes", "please the small rug under"]
 

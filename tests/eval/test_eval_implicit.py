@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tether.data.records import PreferenceRecord
+from tether.data.tokenization import tokenize_records
 from tether.eval.implicit import implicit_reward_stats, pair_logps
 from tether.model.tiny import tiny_llama
-from tether.data.tokenization import tokenize_records
 
 
 def test_implicit_reward_hand_computed():

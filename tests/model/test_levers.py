@@ -17,16 +17,16 @@ import pytest
 import torch
 
 from conftest import make_pairs, write_jsonl
-from tether.data.batching import collate, step_batches
 from tether.config import TrainConfig, build_config
+from tether.data.batching import collate, step_batches
+from tether.data.tokenization import TokenizedPair
 from tether.errors import ConfigError
-from tether.model.logprobs import sequence_logps
 from tether.losses import dpo
+from tether.model.logprobs import sequence_logps
 from tether.model.prefix_sharing import batch_logps, collate_shared, make_batch, shared_logps
-from tether.training.reference import score_rows
 from tether.model.speed import apply_levers
 from tether.model.tiny import tiny_gpt2, tiny_llama
-from tether.data.tokenization import TokenizedPair
+from tether.training.reference import score_rows
 
 
 def random_pairs(n: int, seed: int = 0, vocab: int = 300) -> list[TokenizedPair]:

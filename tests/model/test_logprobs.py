@@ -9,7 +9,9 @@ import transformers
 from conftest import make_pairs
 from tether.data.batching import collate
 from tether.data.records import PreferenceRecord
+from tether.data.tokenization import TokenizedPair, tokenize_records
 from tether.errors import ModelError
+from tether.model.loading import load_model
 from tether.model.logprobs import (
     _HEAD_OPS,
     HeadTransform,
@@ -18,9 +20,7 @@ from tether.model.logprobs import (
     sequence_logps,
     split_head,
 )
-from tether.model.loading import load_model
 from tether.model.prefix_sharing import collate_shared, shared_logps
-from tether.data.tokenization import TokenizedPair, tokenize_records
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

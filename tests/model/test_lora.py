@@ -12,17 +12,17 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import make_pairs, write_jsonl
-from tether.data.batching import collate
 from tether.cli import main
 from tether.config import TrainConfig, load_config
+from tether.data.batching import collate
 from tether.data.records import PreferenceRecord
-from tether.errors import ConfigError
-from tether.model.logprobs import SequenceLogProbs, sequence_logps
-from tether.model.lora import LoraReference, apply_lora
-from tether.model.loading import load_model
-from tether.training.reference import Precomputed
 from tether.data.tokenization import tokenize_records
+from tether.errors import ConfigError
+from tether.model.loading import load_model
+from tether.model.logprobs import SequenceLogProbs, sequence_logps
+from tether.model.lora import apply_lora
 from tether.training.loop import _setup, train
+from tether.training.reference import LoraReference, Precomputed
 
 
 @pytest.fixture

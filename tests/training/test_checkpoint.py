@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import make_pairs, write_jsonl
-from tether import checkpoint as ckpt_module
-from tether.training.checkpoint import latest_checkpoint
 from tether.config import TrainConfig, load_config
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LOSS_SPECS, LOSSES, LossOutput, register
+from tether.training import checkpoint as ckpt_module
+from tether.training.checkpoint import latest_checkpoint
 from tether.training.loop import train
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

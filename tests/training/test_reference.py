@@ -10,12 +10,12 @@ import torch
 from conftest import make_pairs, read_metrics, train_config, write_jsonl
 from tether.data.batching import collate
 from tether.data.records import PreferenceRecord
-from tether.model.logprobs import sequence_logps
-from tether.model.loading import load_model
-from tether.training.reference import FrozenCopy, Precomputed, score_rows, weights_fingerprint
-from tether.model.tiny import tiny_llama
 from tether.data.tokenization import tokenize_records
+from tether.model.loading import load_model
+from tether.model.logprobs import sequence_logps
+from tether.model.tiny import tiny_llama
 from tether.training.loop import train
+from tether.training.reference import FrozenCopy, Precomputed, score_rows, weights_fingerprint
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected"]

@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_pairs, read_metrics, train_config, write_jsonl
-from tether.data.batching import collate
 from tether.config import TrainConfig, load_config
+from tether.data.batching import collate
 from tether.data.records import load_preferences
+from tether.data.tokenization import tokenize_records
 from tether.model.loading import load_model, load_tokenizer
 from tether.model.tiny import tiny_llama
-from tether.data.tokenization import tokenize_records
 from tether.training.loop import sft, train
 
 REQUIRED_METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",

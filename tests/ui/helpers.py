@@ -29,7 +29,7 @@ def collect_rows(n: int) -> list[dict]:
 
 
 class LiveServer:
-    """``python -m tether.ui`` in a subprocess on 127.0.0.1 with a free port."""
+    """``python -m tether label`` in a subprocess on 127.0.0.1 with a free port."""
 
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "PYTHONPATH": str(SRC)}

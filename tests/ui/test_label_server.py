@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tether.errors import ConfigError
 from tether.commands.label import main
+from tether.errors import ConfigError
 from tether.ui.inputs import PairItem
 from tether.ui.security import LOOPBACK
 from tether.ui.server import allowed_hosts_for, serve

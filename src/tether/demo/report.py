@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tether.io import write_text
+
 __all__ = ["TARGETS", "print_summary", "targets_met", "write_report"]
 
 # The targets for the default size: win-rate, low end of its 95% interval, minutes.
@@ -171,5 +173,5 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
             f"DPO (judge score {ex['score_dpo']:.2f}):", "", _fence(ex["dpo"]), "",
         ]
     path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text(path, "\n".join(lines))
     return path

@@ -274,8 +274,9 @@ def demo(
 
 def _finish(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
     from tether.demo.report import print_summary, write_report
+    from tether.io import write_json
 
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "demo.json", summary)
     write_report(out, summary)
     print_summary(summary)
     return summary
@@ -334,9 +335,9 @@ def _kl_estimate(policy_dir: Path, reference_dir: Path, rows: list[dict[str, Any
     log π(y|x) − log π_ref(y|x) (greedy answers, so a rough, not unbiased, estimate)."""
     from tether.data.batching import collate
     from tether.data.records import PreferenceRecord
-    from tether.model.logprobs import sequence_logps
-    from tether.model.loading import load_model, load_tokenizer, resolve_device
     from tether.data.tokenization import tokenize_records
+    from tether.model.loading import load_model, load_tokenizer, resolve_device
+    from tether.model.logprobs import sequence_logps
 
     tokenizer = load_tokenizer(str(policy_dir))
     records = [PreferenceRecord(r["prompt"], _messages("assistant", a), "", f"heldout:{i + 1}")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from tether.config import save_config
 from tether.data.records import PreferenceRecord, PromptRecord, load_preferences, load_prompts
+from tether.data.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
 from tether.errors import ConfigError, ModelError
 from tether.eval.cache import JudgmentCache
 from tether.eval.config import EvalConfig
@@ -42,8 +43,8 @@ from tether.eval.judges.registry import build_judge
 from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
+from tether.io import write_json, write_text
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
-from tether.data.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
 
 __all__ = ["evaluate"]
 
@@ -336,15 +337,13 @@ def _warnings(results: dict[str, Any]) -> list[str]:
 def _write(out: Path, results: dict[str, Any], lines: list[dict[str, Any]],
            judged: list[PairJudgment],
            policy: Sequence[Generation], reference: Sequence[Generation]) -> None:
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "results.json")
-    with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(clean(line), ensure_ascii=False) + "\n")
+    write_json(out / "results.json", results)
+    write_text(out / "judgments.jsonl",
+               "".join(json.dumps(clean(line), ensure_ascii=False) + "\n" for line in lines))
     plots = write_plots(out / "plots", results, judged, policy, reference) if judged else []
     write_report(out / "report.md", results, judged, plots)
-    (out / "answers.jsonl").write_text(
+    write_text(
+        out / "answers.jsonl",
         "".join(
             json.dumps({"prompt_index": p.prompt_index, "sample": p.sample, "policy": p.text,
                         "reference": r.text, "policy_tokens": p.tokens,
@@ -352,6 +351,5 @@ def _write(out: Path, results: dict[str, Any], lines: list[dict[str, Any]],
                         "reference_finish": r.finish_reason}, ensure_ascii=False) + "\n"
             for p, r in zip(policy, reference, strict=True)
         ),
-        encoding="utf-8",
     )
 

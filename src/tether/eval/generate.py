@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from transformers import GenerationConfig
 
 from tether.errors import ConfigError
 from tether.eval.hashing import digest
+from tether.io import write_json
 
 __all__ = [
     "Decoding", "Generation", "GenerationCache", "context_window", "fit_prompts", "fit_to_context",
@@ -216,6 +216,4 @@ class GenerationCache:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{key}.json"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps([dataclasses.asdict(g) for g in generations]), encoding="utf-8")
-        tmp.replace(path)  # atomic: a crash never leaves half an entry
+        write_json(path, [dataclasses.asdict(g) for g in generations], indent=None)

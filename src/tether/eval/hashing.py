@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tether.io import tensors_sha256, write_json
 
 __all__ = ["digest", "weights_hash"]
 
@@ -45,15 +46,6 @@ def _hash_dir(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _hash_state(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{t.dtype}:{t.numel()}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def weights_hash(
     source: str | Path, model: torch.nn.Module | None = None, memo_dir: Path | None = None
 ) -> str:
@@ -62,7 +54,7 @@ def weights_hash(
     if not path.is_dir():
         if model is None:
             raise ValueError(f"{source} is not a directory and no model was given")  # internal
-        return _hash_state(model)
+        return tensors_sha256(model.state_dict())
     files = _dir_files(path)
     stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     memo_path = memo_dir / "weights-hashes.json" if memo_dir is not None else None
@@ -80,7 +72,5 @@ def weights_hash(
     if memo_path is not None:
         memo[key] = {"stamp": stamp, "hash": value}
         memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo), encoding="utf-8")
-        tmp.replace(memo_path)
+        write_json(memo_path, memo, indent=None)
     return value

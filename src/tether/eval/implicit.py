@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from tether.data.batching import collate
+from tether.data.tokenization import TokenizedPair
 from tether.eval.stats import wilson_interval
 from tether.model.logprobs import sequence_logps
-from tether.data.tokenization import TokenizedPair
 
 __all__ = ["implicit_reward_stats", "pair_logps"]
 

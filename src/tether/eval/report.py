@@ -16,6 +16,7 @@ import numpy as np
 from tether.eval.generate import Generation
 from tether.eval.judging import PairJudgment
 from tether.eval.stats import sigmoid
+from tether.io import write_text
 
 __all__ = ["summary_lines", "write_plots", "write_report"]
 
@@ -131,7 +132,7 @@ def write_report(
             out += [f"### Pair {j.pair.index}{p}", "", "Prompt:", "", _fence(j.pair.prompt), "",
                     "Policy:", "", _fence(j.pair.policy), "", "Reference:", "",
                     _fence(j.pair.reference), ""]
-    path.write_text("\n".join(out), encoding="utf-8")
+    write_text(path, "\n".join(out))
 
 
 def write_plots(

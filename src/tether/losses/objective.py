@@ -11,14 +11,16 @@ formulas. ``loss_stats`` turns a ``LossOutput`` into the per-row numbers worth l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 
 from tether.fields import opt
-from tether.losses.base import LOSS_SPECS, LOSSES, LossOutput, LossSpec, call_loss, token_mean
+from tether.losses.base import LOSS_SPECS, LOSSES, LossOutput, LossSpec, token_mean
 
 __all__ = [
     "LossConfig",
@@ -78,6 +80,24 @@ class LossConfig:
     def resolved_beta(self) -> float:
         """β as set, or the objective's own default when the run did not set one."""
         return self.spec.default_beta if self.beta is None else self.beta
+
+    @functools.cached_property
+    def fn(self) -> Callable[..., LossOutput]:
+        """``LOSSES[loss]`` with the scalars it declares bound (β, ε, γ, ...), decided once.
+
+        Called with the log-probs and the keyword arguments of ``takes`` (token counts ...)."""
+        params = inspect.signature(LOSSES[self.loss]).parameters
+        scalars = {k: v for k, v in self.loss_kwargs().items() if k in params}
+        return functools.partial(LOSSES[self.loss], **scalars)
+
+    @functools.cached_property
+    def takes(self) -> frozenset[str]:
+        """The keyword arguments ``fn`` accepts beyond its bound scalars."""
+        return frozenset(inspect.signature(LOSSES[self.loss]).parameters)
+
+    def call(self, *logps: Tensor | None, **runtime: Any) -> LossOutput:
+        """``fn`` with the runtime keyword arguments it declares (token counts, scores ...)."""
+        return self.fn(*logps, **{k: v for k, v in runtime.items() if k in self.takes})
 
     def loss_kwargs(self) -> dict[str, Any]:
         """The scalars offered to every loss; each takes the ones its signature names."""
@@ -175,15 +195,13 @@ def pairwise_loss(
     if spec.needs_reference and missing:
         raise ValueError(f"loss={cfg.loss} needs reference log-probs")  # a pipeline bug
     on = cfg.length_normalize and not spec.token_mean
-    out = call_loss(
-        cfg.loss,
+    out = cfg.call(
         _normalized(policy_chosen_logps, chosen_lengths, on),
         _normalized(policy_rejected_logps, rejected_lengths, on),
         _normalized(reference_chosen_logps, chosen_lengths, on),
         _normalized(reference_rejected_logps, rejected_lengths, on),
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
-        **cfg.loss_kwargs(),
     )
     return add_nll(out, policy_chosen_logps, chosen_lengths, cfg.nll_weight)
 
@@ -201,14 +219,12 @@ def unpaired_loss(
 ) -> LossOutput:
     """The configured unpaired objective (KTO): labelled rows and their mismatched pairs."""
     on = cfg.length_normalize
-    return call_loss(
-        cfg.loss,
+    return cfg.fn(
         _normalized(policy_logps, lengths, on),
         _normalized(reference_logps, lengths, on),
         _normalized(policy_kl_logps, kl_lengths, on),
         _normalized(reference_kl_logps, kl_lengths, on),
         labels,
-        **cfg.loss_kwargs(),
     )
 
 
@@ -223,14 +239,12 @@ def ranked_loss(
 ) -> LossOutput:
     """The configured ranked objective on ``(B, K)`` summed log-probs, responses best first."""
     on = cfg.length_normalize and not cfg.spec.token_mean
-    return call_loss(
-        cfg.loss,
+    return cfg.call(
         _normalized(policy_logps, response_lengths, on),
         _normalized(reference_logps, response_lengths, on),
         response_lengths=response_lengths,
         response_scores=response_scores,
         response_mask=response_mask,
-        **cfg.loss_kwargs(),
     )
 
 

@@ -38,16 +38,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from tether.data.batching import PreferenceBatch
 from tether.errors import ConfigError, ModelError
 from tether.model.loading import load_model
 
 if TYPE_CHECKING:
     from tether.config import TrainConfig
 
-__all__ = ["REFERENCE_ADAPTER", "LoraReference", "apply_lora", "load_4bit", "save_lora"]
+__all__ = ["REFERENCE_ADAPTER", "apply_lora", "load_4bit", "save_lora"]
 
 log = logging.getLogger("tether")
 
@@ -164,34 +163,6 @@ def reference_weights(model: Any) -> Iterator[None]:
             model.set_adapter(TRAINED_ADAPTER)
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
-
-
-class LoraReference:
-    """The reference from the policy's own weights: one copy of the base in memory.
-
-    ``scorer`` is the module whose forward gives ``(sums, counts)`` for the policy (a
-    ``SequenceLogProbs``, FSDP-sharded or not; never the DDP wrapper, whose forward would
-    prepare a gradient all-reduce for a pass that has no backward).
-    """
-
-    def __init__(self, model: nn.Module, scorer: nn.Module, autocast: bool = False) -> None:
-        self.model = model
-        self.scorer = scorer
-        self.autocast = autocast
-
-    @torch.no_grad()
-    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
-        dev = batch.input_ids.device
-        was_training = self.model.training
-        self.model.eval()  # a reference adapter with dropout must not drop
-        try:
-            with reference_weights(self.model), torch.autocast(
-                dev.type, dtype=torch.bfloat16, enabled=self.autocast
-            ):
-                sums, _ = self.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
-        finally:
-            self.model.train(was_training)
-        return sums[: batch.pairs].clone(), sums[batch.pairs :].clone()
 
 
 def save_lora(

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from tether.data.batching import PreferenceBatch, collate
+from tether.data.tokenization import TokenizedPair
 from tether.errors import ConfigError
 from tether.model.logprobs import head_logps, head_transform, sequence_logps, split_head
-from tether.data.tokenization import TokenizedPair
 
 __all__ = [
     "Batch",

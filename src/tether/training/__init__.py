@@ -1,1 +1,1 @@
-"""Training: the loop, reference strategies, distributed wrapping, checkpoints, the run directory."""
+"""Training: the loop, reference strategies, distributed wrapping, checkpoints, run directory."""

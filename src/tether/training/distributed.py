@@ -14,7 +14,7 @@ process taking all the rows.
   (which owns embeddings, final norm and LM head): parameters, gradients and optimizer state
   are split N ways and gathered layer by layer. With ``autocast`` the gathered weights are
   bf16 and the gradients reduced in fp32. Only rank 0 reads the pretrained weights; the
-  others build the model on the meta device and receive their shards (``_shard``).
+  others build the model on the meta device and receive their shards (``shard_module``).
 
 With ``grad_accum`` > 1 the ranks reduce gradients once per step, after its last micro-batch
 (``GradSync``).
@@ -28,38 +28,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
-from tqdm import tqdm
 
-from tether.data.batching import PreferenceBatch, collate
 from tether.errors import ConfigError
 from tether.model.logprobs import SequenceLogProbs
-from tether.training.reference import (
-    FrozenCopy,
-    Precomputed,
-    Reference,
-    cache_path,
-    save_table,
-    weights_fingerprint,
-)
-from tether.training.run_dir import RunDir
-from tether.data.tokenization import TokenizedPair
 
 __all__ = [
-    "Dist", "GradSync", "QuietRunDir", "ScorerReference", "clip_grad_norm", "close_distributed",
-    "frozen_copy", "frozen_scorer", "full_state_dict", "init_distributed", "local_module",
-    "open_run_dir", "precompute_reference", "wrap_policy",
+    "Dist", "GradSync", "clip_grad_norm", "close_distributed", "full_state_dict",
+    "init_distributed", "local_module", "reshard", "shard_module", "wrap_policy",
 ]
 
 log = logging.getLogger("tether")
@@ -123,7 +107,7 @@ class Dist:
     @property
     def empty_model(self) -> bool:
         """FSDP ranks other than 0 build the model on the meta device and read no weights:
-        only rank 0 holds the whole model, and sends each rank its shards (``_shard``)."""
+        only rank 0 holds the whole model, and sends each rank its shards (``shard_module``)."""
         return self.mode == "fsdp" and not self.main
 
     def refuse_fsdp(self, what: str, instead: str) -> None:
@@ -187,32 +171,6 @@ def close_distributed(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-class QuietRunDir(RunDir):
-    """The run directory as ranks other than 0 see it: readable, never written."""
-
-    @property
-    def metrics_path(self) -> Path:
-        # A path that never exists, so the loop's "fresh run: remove old metrics" and the
-        # resume's truncation leave rank 0's file alone.
-        return self.path / f".metrics-rank-{os.environ.get('RANK', '?')}.absent"
-
-    def log_metrics(self, row: dict[str, Any]) -> None:
-        pass
-
-    def truncate_metrics(self, lines: int) -> None:
-        pass
-
-    def write_json(self, name: str, obj: Any) -> None:
-        pass
-
-
-def open_run_dir(output_dir: str, cfg: Any, d: Dist) -> RunDir:
-    """Rank 0 creates the run directory (and writes config.yaml); the others only read it."""
-    if d.main:
-        return RunDir.create(output_dir, cfg)
-    return QuietRunDir(Path(output_dir).expanduser())
-
-
 # --------------------------------------------------------------------------- wrapping
 
 
@@ -244,7 +202,7 @@ def _fully_shard(scorer: SequenceLogProbs, d: Dist, autocast: bool) -> None:
     fully_shard(scorer, mesh=mesh, mp_policy=mp)
 
 
-def _shard(scorer: SequenceLogProbs, d: Dist, device: torch.device, autocast: bool) -> None:
+def shard_module(scorer: SequenceLogProbs, d: Dist, device: torch.device, autocast: bool) -> None:
     """FSDP2-shard ``scorer`` onto ``device``, every rank's shards filled from rank 0's weights.
 
     Rank 0 loaded the checkpoint; the others built the model on the meta device
@@ -283,7 +241,7 @@ def wrap_policy(
             forward_sync_buffers=False,
         )
     if d.mode == "fsdp":
-        _shard(scorer, d, device, autocast)
+        shard_module(scorer, d, device, autocast)
     return scorer
 
 
@@ -320,7 +278,7 @@ class GradSync:
         yield
 
 
-def _reshard(module: nn.Module) -> None:
+def reshard(module: nn.Module) -> None:
     """Put FSDP's root back to its shards after a pass without backward: the root keeps its
     gathered weights after a forward (for the backward), and an optimizer built then would
     hold the gathered copies instead of the shards."""
@@ -360,138 +318,3 @@ def full_state_dict(policy: nn.Module, d: Dist) -> dict[str, Any] | None:
         if first.setdefault(id(p), name) != name:
             state.pop(name, None)
     return state
-
-
-# --------------------------------------------------------------------------- references
-
-
-class ScorerReference:
-    """A frozen reference scored by its own ``SequenceLogProbs`` module (sharded under FSDP)."""
-
-    def __init__(self, scorer: nn.Module, autocast: bool = False) -> None:
-        self.scorer = scorer
-        self.autocast = autocast
-
-    @torch.no_grad()
-    def __call__(self, batch: PreferenceBatch, split: str) -> tuple[Tensor, Tensor]:
-        dev = batch.input_ids.device
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            sums, _ = self.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
-        return sums[: batch.pairs].clone(), sums[batch.pairs :].clone()
-
-
-def frozen_scorer(model: nn.Module, d: Dist, device: torch.device, chunk: int) -> nn.Module:
-    """``SequenceLogProbs`` of a frozen model: whole on every rank, or FSDP-sharded (1/N of
-    the model per rank; its forward gathers one layer at a time, like the policy's)."""
-    scorer = SequenceLogProbs(model.eval().requires_grad_(False), chunk)
-    if d.mode == "fsdp":
-        _shard(scorer, d, device, autocast=False)  # frozen: no gradients to reduce
-    return scorer
-
-
-def frozen_copy(
-    policy: nn.Module, d: Dist, device: torch.device, chunk: int, autocast: bool
-) -> Reference:
-    """A frozen copy of the policy as it starts (call before ``wrap_policy``: FSDP shards in
-    place). Under FSDP the copy is sharded too, so it costs 1/N of a model per rank."""
-    if d.mode != "fsdp":
-        return FrozenCopy(policy, chunk, autocast)
-    import copy
-
-    return ScorerReference(frozen_scorer(copy.deepcopy(policy), d, device, chunk), autocast)
-
-
-def precompute_reference(
-    policy: nn.Module,
-    scorer: nn.Module,
-    d: Dist,
-    splits: Mapping[str, Sequence[TokenizedPair]],
-    *,
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    chunk: int,
-    cache_dir: Path,
-    settings: Mapping[str, object],
-    autocast: bool = False,
-    progress: bool = True,
-) -> Precomputed:
-    """``Precomputed.build``, with the rows split over the ranks and the results all-gathered.
-
-    Rank 0 decides whether the cache holds a split (the others follow, so a cache seen by only
-    some nodes cannot desynchronise them), reads or writes it, and broadcasts a hit.
-    """
-    if not d.active:
-        return Precomputed.build(
-            policy, splits, pad_id=pad_id, batch_size=batch_size, device=device, chunk=chunk,
-            cache_dir=cache_dir, settings=settings, autocast=autocast, progress=progress,
-        )
-    weights = weights_fingerprint(policy)  # gathers FSDP shards one tensor at a time
-    table, hits = {}, 0
-    for split, rows in splits.items():
-        path = cache_path(cache_dir, weights, rows, settings)
-        if d.any(d.main and path.exists()):
-            both = torch.zeros(2, len(rows), dtype=torch.float32)
-            if d.main:
-                t = load_file(path)
-                both = torch.stack([t["chosen"], t["rejected"]])
-            both = both.to(d.comm_device)
-            dist.broadcast(both, src=0)
-            table[split] = (both[0].cpu(), both[1].cpu())
-            hits += 1
-            log.info("reference log-probs for %s read from cache %s", split, path)
-            continue
-        c, r = _score_sharded(local_module(scorer), rows, d, pad_id, batch_size, device,
-                              autocast, f"reference ({split})", progress and d.main)
-        if d.main:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            save_table(path, {"chosen": c, "rejected": r})
-        table[split] = (c, r)
-    out = Precomputed(table)
-    out.cache_hits = hits
-    return out
-
-
-@torch.no_grad()
-def _score_sharded(
-    scorer: nn.Module,
-    rows: Sequence[TokenizedPair],
-    d: Dist,
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    autocast: bool,
-    desc: str,
-    progress: bool,
-) -> tuple[Tensor, Tensor]:
-    """Each rank scores every N-th row (by length, for little padding); all-gather the rest.
-
-    Every rank runs the same number of forwards (FSDP gathers weights in each one), so the
-    shorter shards are padded with index -1, which score a real row and are thrown away.
-    """
-    order = sorted(range(len(rows)), key=lambda i: rows[i].length)
-    per_rank = math.ceil(len(rows) / d.world_size)
-    mine = order[d.rank :: d.world_size]
-    idx = mine + [-1] * (per_rank - len(mine))
-    values = torch.zeros(2, per_rank)  # chosen, rejected
-    was_training = scorer.training
-    scorer.eval()
-    for s in tqdm(range(0, per_rank, batch_size), desc=desc, disable=not progress, leave=False):
-        part = [i if i >= 0 else order[0] for i in idx[s : s + batch_size]]
-        b = collate([rows[i] for i in part], part, pad_id).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            sums, _ = scorer(b.input_ids, b.attention_mask, b.completion_mask)
-        values[0, s : s + len(part)] = sums[: b.pairs].float().cpu()
-        values[1, s : s + len(part)] = sums[b.pairs :].float().cpu()
-    scorer.train(was_training)
-    _reshard(scorer)
-    all_idx = [torch.zeros(per_rank, dtype=torch.long, device=d.comm_device)
-               for _ in range(d.world_size)]
-    all_values = [torch.zeros(2, per_rank, device=d.comm_device) for _ in range(d.world_size)]
-    dist.all_gather(all_idx, torch.tensor(idx, dtype=torch.long, device=d.comm_device))
-    dist.all_gather(all_values, values.to(d.comm_device))
-    out = torch.zeros(2, len(rows))
-    for i, v in zip(all_idx, all_values, strict=True):
-        keep = i >= 0
-        out[:, i[keep].cpu()] = v[:, keep].cpu()
-    return out[0], out[1]

@@ -25,37 +25,41 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tether.data.batching import micro_batches, step_batches
-from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.config import TrainConfig
-from tether.data.records import load_completions, load_preferences, needs_chat
+from tether.data.batching import micro_batches, step_batches
+from tether.data.tokenization import TokenizedPair
+from tether.errors import CheckpointError, TrainingError
+from tether.losses import LossConfig, LossOutput, loss_config
+from tether.model.loading import (
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    save_model,
+)
+from tether.model.lora import apply_lora, load_4bit, save_lora
+from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
+from tether.model.speed import apply_levers
+from tether.shapes import Shape, shape_of
+from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.training.distributed import (
     Dist,
     GradSync,
-    ScorerReference,
     clip_grad_norm,
     close_distributed,
-    frozen_copy,
-    frozen_scorer,
     full_state_dict,
     init_distributed,
-    local_module,
-    open_run_dir,
-    precompute_reference,
     wrap_policy,
 )
-from tether.errors import CheckpointError, ConfigError, DataError, TrainingError
-from tether.model.lora import LoraReference, apply_lora, load_4bit, save_lora
-from tether.losses import LOSS_SPECS, LossOutput, call_loss, loss_config
-from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, save_model
-from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
-from tether.training.reference import Reference, data_fingerprint
-from tether.training.run_dir import RunDir
-from tether.shapes import load_shaped
+from tether.training.reference import (
+    Reference,
+    build_reference,
+    copy_before_wrapping,
+    data_fingerprint,
+    reference_kind,
+)
+from tether.training.run_dir import RunDir, open_run_dir
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
-from tether.model.speed import apply_levers
-from tether.training.steps import RankedPrecomputed, objective_step
-from tether.data.tokenization import TokenizedPair, tokenize_records, use_chat
 
 __all__ = ["sft", "train"]
 
@@ -67,6 +71,8 @@ class Setup:
     """Everything the loop needs, decided before it starts."""
 
     cfg: TrainConfig
+    loss: LossConfig  # the objective's keys, its function bound to them
+    shape: Shape  # the objective's data shape: reads the rows, turns log-probs into the loss
     run: RunDir
     device: torch.device
     autocast: bool
@@ -152,7 +158,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 with s.grad_sync(last=m == len(micros) - 1):
                     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                         out, stats = _forward(s, batch, "train")
-                    # × world_size: DDP/FSDP average gradients over ranks (tether.training.distributed)
+                    # × world_size: DDP/FSDP average gradients over ranks (distributed.py)
                     loss = out.losses.sum() * s.dist.world_size / len(step_rows)
                     loss.backward()
                 losses.append(loss.detach())
@@ -202,23 +208,16 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
 
 
 def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
-    """Policy log-probs -> reference log-probs -> loss, and the per-row statistics."""
-    cfg = s.cfg
+    """Policy log-probs -> reference log-probs -> the data shape's loss and statistics."""
     if isinstance(batch, SharedPrefixBatch):  # one process only: no wrapper to go through
-        logps, counts = batch_logps(s.policy, batch, cfg.logprob_chunk)
+        logps, counts = batch_logps(s.policy, batch, s.cfg.logprob_chunk)
     else:
         logps, counts = s.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
-    # (2B,) sums over completion tokens, (2B,) token counts
-    if LOSS_SPECS[cfg.loss].data == "completions":
-        out = call_loss(cfg.loss, logps, counts)
-        return out, {"loss": out.losses.detach(), "logps/chosen": logps.detach()}
+    # (K·B,) sums over completion tokens and token counts, block j = every row's j-th completion
     # A shared-prefix batch only meets references that read log-probs by row (_shares_prefix).
     ref = s.reference(batch, split) if s.reference is not None else None  # type: ignore[arg-type]
     rows = s.train_rows if split == "train" else s.eval_rows
-    batch_rows = [rows[i] for i in batch.index.tolist()]
-    # the objective's shape decides the layout; beta defaults, length_normalize, nll_weight
-    out, stats = objective_step(loss_config(cfg), batch_rows, logps, counts, ref)
-    return out, stats
+    return s.shape.step(s.loss, [rows[i] for i in batch.index.tolist()], logps, counts, ref)
 
 
 @torch.no_grad()
@@ -326,23 +325,14 @@ def seed_everything(seed: int) -> None:
 
 def _setup(cfg: TrainConfig) -> Setup:
     seed_everything(cfg.seed)
-    spec = LOSS_SPECS[cfg.loss]
-    reference_kind: str = cfg.reference
-    if reference_kind == "auto":
-        # lora: the base is already in memory (unless another model is the reference)
-        default = "lora" if cfg.lora and not cfg.reference_model else "precomputed"
-        reference_kind = default if spec.needs_reference else "none"
-    if spec.needs_reference and reference_kind == "none":
-        raise ConfigError(
-            f"reference: loss '{cfg.loss}' needs a reference; use precomputed or copy"
-        )
+    loss, shape, kind = loss_config(cfg), shape_of(cfg.loss), reference_kind(cfg)
     dist, device = init_distributed(cfg.distributed, resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
     run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
                                field="tokenizer" if cfg.tokenizer else "model")
-    train_rows, eval_rows = _load_rows(cfg, tokenizer, run)
+    train_rows, eval_rows = _load_rows(cfg, shape, tokenizer, run)
     dist.check_rows(len(train_rows), cfg.batch_size * cfg.grad_accum)
     if cfg.load_in_4bit:
         policy = load_4bit(cfg, device, dtype)
@@ -351,15 +341,13 @@ def _setup(cfg: TrainConfig) -> Setup:
                             trust_remote_code=cfg.trust_remote_code,
                             empty=dist.empty_model)  # FSDP: only rank 0 reads the weights
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
-    reference: Reference | None = None
-    if spec.needs_reference and reference_kind == "copy" and not cfg.reference_model:
-        # copied before wrap_policy: FSDP shards the policy in place
-        reference = frozen_copy(policy, dist, device, cfg.logprob_chunk, autocast)
+    reference = copy_before_wrapping(cfg, kind, policy, dist, device, autocast)
     scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
-    if spec.needs_reference and reference is None:
+    if reference is None:
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
-        reference = _build_reference(cfg, reference_kind, policy, scorer, dist, splits,
-                                     tokenizer.pad_token_id, device, dtype, autocast)
+        reference = build_reference(cfg, kind, policy, scorer, dist, splits,
+                                    pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
+                                    autocast=autocast)
     apply_levers(cfg, policy)  # after the reference pass, which needs neither
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
@@ -374,49 +362,22 @@ def _setup(cfg: TrainConfig) -> Setup:
     )
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
-    return Setup(cfg, run, device, autocast, tokenizer, policy, reference, train_rows, eval_rows,
-                 optimizer, scheduler, total, fingerprint, state, dist, scorer,
-                 _shares_prefix(cfg, spec.data, reference_kind, dist),
+    return Setup(cfg, loss, shape, run, device, autocast, tokenizer, policy, reference,
+                 train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
+                 scorer, _shares_prefix(cfg, shape, kind, dist),
                  GradSync(scorer, defer_fsdp=cfg.lora))
 
 
-def _shares_prefix(cfg: TrainConfig, data: str, reference_kind: str, dist: Dist) -> bool:
+def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
     """Prefix sharing where it is exact and tested: one process (under DDP/FSDP the forward
     must go through the wrapper), pairs (not KTO or whole rankings), and a reference that
     reads log-probs by row (precomputed) or needs none. Elsewhere: plain batches."""
-    ok = dist.world_size == 1 and data == "pairs" and reference_kind in ("precomputed", "none")
+    ok = dist.world_size == 1 and shape.prefix_sharing and reference_kind in ("precomputed",
+                                                                               "none")
     if cfg.prefix_sharing and not ok:
         log.info("prefix_sharing: off for this run (distributed, non-pair data, or a "
                  "reference=%s that scores batches itself)", reference_kind)
     return cfg.prefix_sharing and ok
-
-
-def _build_reference(
-    cfg: TrainConfig, kind: str, policy: torch.nn.Module, scorer: torch.nn.Module, dist: Dist,
-    splits: dict[str, list[TokenizedPair]], pad_id: int, device: torch.device,
-    dtype: torch.dtype, autocast: bool,
-) -> Reference:
-    """The reference strategy; its model is the policy's start unless ``reference_model``.
-    (``copy`` of the policy itself is made in ``_setup``, before FSDP shards the policy.)"""
-    if kind == "lora":
-        return LoraReference(policy, local_module(scorer), autocast)  # the base, adapters off
-    model = policy
-    if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
-        model = load_model(cfg.reference_model, dtype=dtype, device=dist.load_device(device),
-                           trust_remote_code=cfg.trust_remote_code, empty=dist.empty_model)
-        scorer = frozen_scorer(model, dist, device, cfg.logprob_chunk)  # sharded under FSDP
-    if kind == "copy":  # reference_model: already a model of its own, no copy needed
-        return ScorerReference(scorer, autocast)
-    common: dict[str, Any] = {
-        "pad_id": pad_id, "batch_size": cfg.eval_batch_size, "device": device,
-        "chunk": cfg.logprob_chunk, "autocast": autocast, "progress": cfg.progress,
-        "cache_dir": Path(cfg.cache_dir).expanduser() / "reference",
-        "settings": {"dtype": str(dtype), "autocast": autocast, "device": device.type},
-    }
-    if LOSS_SPECS[cfg.loss].data == "ranked":
-        dist.refuse_fsdp("reference=precomputed with a ranked objective", "reference=copy")
-        return RankedPrecomputed.build(model, splits, **common)
-    return precompute_reference(model, scorer, dist, splits, **common)
 
 
 # Keys that may change between a run and its resumption; every other key must match.
@@ -480,46 +441,20 @@ def _autocast(mode: str, device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def _load_rows(
-    cfg: TrainConfig, tokenizer: Any, run: RunDir
+    cfg: TrainConfig, shape: Shape, tokenizer: Any, run: RunDir
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """Read, validate and tokenize train (and eval) rows; print and save what was dropped."""
-    kwargs = {"field_map": cfg.field_map, "prompt_template": cfg.prompt_template,
-              "split": cfg.split}
     audit: dict[str, Any] = {}
-    out: list[list[TokenizedPair]] = []
-    for name, path in (("train", cfg.data), ("eval", cfg.eval_data)):
+    out: list[list[TokenizedPair]] = [[], []]
+    for i, (split, path) in enumerate((("train", cfg.data), ("eval", cfg.eval_data))):
         if path is None:
-            out.append([])
             continue
-        shaped = load_shaped(cfg, path, tokenizer)
-        if shaped is not None:  # unpaired (KTO) or ranked rows: see tether.shapes
-            rows, trunc, report, chat = shaped
-            log.info("%s", report.summary() + "".join(f"; {n}" for n in report.notes))
-            log.info("%s %s", name, trunc.summary())
-            audit.update({f"{name}_data": dataclasses.asdict(report),
-                          f"{name}_truncation": trunc.as_dict(), f"{name}_chat_template": chat})
-            out.append(rows)
-            continue
-        if LOSS_SPECS[cfg.loss].data == "completions":
-            records = load_completions(path, **kwargs)  # type: ignore[arg-type]
-        else:
-            records, report = load_preferences(path, data_format=cfg.data_format, **kwargs)  # type: ignore[arg-type]
-            log.info("%s", report.summary())
-            audit[f"{name}_data"] = dataclasses.asdict(report)
-        chat = use_chat(tokenizer, cfg.chat_template, needs_chat(records))
-        rows, trunc = tokenize_records(
-            tokenizer, records, chat=chat, max_length=cfg.max_length,
-            max_prompt_length=cfg.max_prompt_length,
-        )
-        log.info("%s %s", name, trunc.summary())
-        audit[f"{name}_truncation"] = trunc.as_dict()
-        audit[f"{name}_chat_template"] = chat
-        if not rows:
-            raise DataError(
-                f"{path}: no rows left after truncation ({trunc.dropped} dropped: prompts "
-                f"longer than max_length={cfg.max_length}); raise max_length or set "
-                "max_prompt_length"
-            )
-        out.append(rows)
+        loaded = shape.load(cfg, path, tokenizer)
+        if loaded.report is not None:
+            log.info("%s", loaded.report.summary() + "".join(f"; {n}" for n in
+                                                              loaded.report.notes))
+        log.info("%s %s", split, loaded.truncation.summary())
+        audit.update(loaded.audit(split))
+        out[i] = loaded.rows
     run.write_json("data_audit.json", audit)
     return out[0], out[1]

@@ -7,11 +7,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.config import save_config
+from tether.io import write_json, write_text
 
-__all__ = ["RunDir"]
+if TYPE_CHECKING:
+    from tether.training.distributed import Dist
+
+__all__ = ["QuietRunDir", "RunDir", "open_run_dir"]
 
 
 @dataclass
@@ -44,14 +48,38 @@ class RunDir:
         """Keep the first ``lines`` lines (atomically): what a resumed run has not redone."""
         kept = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] \
             if self.metrics_path.exists() else []
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.metrics_path)
+        write_text(self.metrics_path, "".join(kept))
 
     def write_json(self, name: str, obj: Any) -> None:
-        (self.path / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+        write_json(self.path / name, obj)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
         return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+
+
+class QuietRunDir(RunDir):
+    """The run directory as ranks other than 0 see it: readable, never written."""
+
+    @property
+    def metrics_path(self) -> Path:
+        # A path that never exists, so the loop's "fresh run: remove old metrics" and the
+        # resume's truncation leave rank 0's file alone.
+        return self.path / f".metrics-rank-{os.environ.get('RANK', '?')}.absent"
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        pass
+
+    def truncate_metrics(self, lines: int) -> None:
+        pass
+
+    def write_json(self, name: str, obj: Any) -> None:
+        pass
+
+
+def open_run_dir(output_dir: str, cfg: Any, d: Dist) -> RunDir:
+    """Rank 0 creates the run directory (and writes config.yaml); the others only read it."""
+    if d.main:
+        return RunDir.create(output_dir, cfg)
+    return QuietRunDir(Path(output_dir).expanduser())

@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from tether.errors import CheckpointError
 from tether.training.checkpoint import (
     LoopState,
     _set_rng_state,
@@ -42,7 +43,6 @@ from tether.training.checkpoint import (
     read_state,
     write_state,
 )
-from tether.errors import CheckpointError
 
 __all__ = ["is_sharded", "load_any_checkpoint", "load_sharded_checkpoint",
            "save_sharded_checkpoint"]

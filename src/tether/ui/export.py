@@ -8,8 +8,6 @@ same count) and unvoted items are left out and counted, so nothing is silently d
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -18,6 +16,7 @@ from typing import Any
 
 from tether.errors import ConfigError
 from tether.eval.stats import bootstrap_win_rate, wilson_interval
+from tether.io import write_text
 from tether.ui.agreement import annotator_agreement, item_outcomes, judge_agreement
 from tether.ui.store import LabelStore, VoteRow
 
@@ -102,16 +101,7 @@ def _atomic_write(path: Path, text: str) -> None:
     """Write to a temporary file next to ``path`` and rename it, so readers never see half."""
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def export_preferences(store: LabelStore, path: str | Path) -> ExportReport:
