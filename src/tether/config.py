@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from tether.errors import ConfigError
-from tether.fields import opt
+from tether.fields import Checked, deferred_checks, field_help, opt
 from tether.io import write_text
 from tether.losses.objective import LossConfig
 
@@ -37,7 +37,7 @@ C = TypeVar("C")
 
 
 @dataclass(frozen=True)
-class TrainConfig(LossConfig):
+class TrainConfig(Checked, LossConfig):
     """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type.
 
     The objective's keys (loss, beta, label_smoothing, length_normalize, gamma, ...) come
@@ -391,7 +391,8 @@ def build_config(cls: type[C], raw: Mapping[str, Any], where: str = "config") ->
             problems.append(f"{key}: {e}")
     # Value checks run even when some keys failed, on the keys that parsed, so the user sees
     # every problem in one go; a key already reported is not reported twice.
-    cfg = cls(**values)
+    with deferred_checks():
+        cfg = cls(**values)
     reported = {p.split(":", 1)[0] for p in problems}
     problems.extend(
         p for p in cfg.problems() if p.split(":", 1)[0] not in reported  # type: ignore[attr-defined]
@@ -420,7 +421,7 @@ def config_help(cls: type) -> str:
         )
         lines.append(
             f"  {f.name:<20} {_type_name(hints[f.name]):<28} default {default!r}: "
-            f"{f.metadata.get('help', '')}"
+            f"{field_help(f)}"
         )
     return "\n".join(lines)
 
@@ -433,7 +434,7 @@ def config_markdown(cls: type) -> str:
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         kind = _type_name(hints[f.name]).replace(" | ", " / ")
         lines.append(
-            f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |".replace(
+            f"| `{f.name}` | {kind} | `{default!r}` | {field_help(f)} |".replace(
                 "\\n", "\\\\n"
             )
         )

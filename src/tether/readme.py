@@ -12,8 +12,8 @@ __all__ = ["CONFIG_TABLES", "render_table"]
 CONFIG_TABLES = {
     "train": "tether.config:TrainConfig",
     "eval": "tether.eval.config:EvalConfig",
-    "pairs": "tether.pairs:PairsConfig",
-    "iterate": "tether.iterate:IterateConfig",
+    "pairs": "tether.workflows.pairs:PairsConfig",
+    "iterate": "tether.workflows.iterate:IterateConfig",
 }
 
 

@@ -85,7 +85,7 @@ def test_second_iterate_round_keeps_what_the_first_gained(
     trains on best vs worst, anchored to the previous round's model. Round 1 must gain on the
     SFT model, and round 2 must keep that gain (win-rate, mean score, the prompts round 1 won)."""
     from tether.config import build_config
-    from tether.iterate import IterateConfig, iterate
+    from tether.workflows.iterate import IterateConfig, iterate
 
     demo_dir, _ = small_demo
     prompts = demo_dir / "data" / "prompts.jsonl"

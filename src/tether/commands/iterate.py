@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tether.commands import add_config_arguments, config_from_args
-from tether.iterate import IterateConfig
+from tether.workflows.iterate import IterateConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tether.iterate import iterate
+    from tether.workflows.iterate import iterate
 
     cfg = config_from_args(args, IterateConfig)
     for h in iterate(cfg):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tether.commands import add_config_arguments, config_from_args
-from tether.pairs import PairsConfig
+from tether.workflows.pairs import PairsConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ from tether.demo.task import (
     sft_rows,
 )
 from tether.errors import ConfigError
-from tether.fields import opt
+from tether.fields import Checked, opt
 
 __all__ = ["SIZES", "DemoConfig", "DemoSize", "demo"]
 
@@ -87,7 +87,7 @@ SIZES: dict[str, DemoSize] = {
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Checked):
     """What ``tether demo`` reads. Every key has a default: ``tether demo`` alone runs it."""
 
     output_dir: str = opt("runs/demo", "where the demo writes its run directory")

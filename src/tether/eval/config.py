@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tether.fields import opt
+from tether.fields import Checked, opt
 
-__all__ = ["JUDGE_NAMES", "EvalConfig", "JudgeConfig"]
-
-JUDGE_NAMES = ("rule", "reward_model", "openai", "human", "none")
+__all__ = ["EvalConfig", "JudgeConfig"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +15,8 @@ class JudgeConfig:
     """The judge keys, shared by ``tether eval`` and ``tether pairs mode=sample``."""
 
     # --- judge
-    judge: str = opt("rule", "rule | reward_model | openai | human | none (implicit reward only)")
+    judge: str = opt("rule", "a registered judge: rule, reward_model, openai, human, or one added "
+                     "with register_judge; none: implicit reward only")
     judge_rule: str = opt("", "judge=rule: module:function, e.g. tether.eval.rules:exact_answer")
     judge_rule_args: dict[str, str] = opt(
         {}, "judge=rule: keyword arguments, e.g. judge_rule_args.field=label"
@@ -45,18 +44,9 @@ class JudgeConfig:
     request_budget: int | None = opt(None, "judge=openai: at most this many HTTP requests")
 
     def problems(self) -> list[str]:
-        out = []
-        if self.judge not in JUDGE_NAMES:
-            out.append(f"judge: unknown '{self.judge}'; valid: {', '.join(JUDGE_NAMES)}")
-        elif self.judge == "rule" and not self.judge_rule:
-            out.append("judge_rule: required for judge=rule, e.g. tether.eval.rules:exact_answer")
-        elif self.judge == "reward_model" and not self.judge_model:
-            out.append("judge_model: required for judge=reward_model (a local model directory)")
-        elif self.judge == "openai":
-            if not self.judge_url:
-                out.append("judge_url: required for judge=openai, e.g. http://127.0.0.1:8000/v1")
-            if not self.judge_model:
-                out.append("judge_model: required for judge=openai (the served model's name)")
+        from tether.eval.judges.registry import judge_problems  # registry -> judges -> config
+
+        out = judge_problems(self)
         for name in ("concurrency", "judge_max_tokens"):
             if getattr(self, name) < 1:
                 out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -66,7 +56,7 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig(JudgeConfig):
+class EvalConfig(Checked, JudgeConfig):
     """Win-rate of the trained model over its reference on held-out prompts.
 
     The judge keys (judge, judge_rule, judge_url, ...) come from ``JudgeConfig``.

@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-DataShape = Literal["pairs", "completions", "unpaired", "ranked"]
+# a name in tether.shapes.SHAPES: pairs, completions, unpaired, ranked, or one registered later
+DataShape = str
 
 
 @dataclass(frozen=True)

@@ -35,18 +35,26 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-# Keys that only some objectives read; setting one the chosen objective ignores is an error
-# rather than a silent no-op. Which objectives read a key is taken from their signatures.
-_PARAM_KEYS = ("label_smoothing", "gamma", "orpo_lambda", "kto_desirable_weight",
-               "kto_undesirable_weight")
+
+
+def _param_keys() -> list[str]:
+    """Keys that only some objectives read: the config fields a registered loss names in its
+    signature (beta aside). Setting one the chosen objective ignores is an error rather than a
+    silent no-op."""
+    named = {p for fn in LOSSES.values() for p in inspect.signature(fn).parameters}
+    return [f.name for f in dataclasses.fields(LossConfig)
+            if f.name not in ("loss", "beta") and f.name in named]
+
+
+def _loss_help() -> str:
+    return f"objective, a name in tether.losses.LOSSES: {', '.join(LOSSES)}"
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """The flat config keys of the objectives (``TrainConfig`` carries the same fields)."""
 
-    loss: str = opt("dpo", "objective: dpo, robust, ipo, hinge, simpo, orpo, kto, rrhf, "
-                    "plackett_luce, sft (tether.losses.LOSSES)")
+    loss: str = opt("dpo", _loss_help)
     beta: float | None = opt(
         None, "inverse temperature β of the implicit reward; unset: the objective's own "
         "default (0.1; simpo 2.0)"
@@ -101,7 +109,7 @@ class LossConfig:
 
     def loss_kwargs(self) -> dict[str, Any]:
         """The scalars offered to every loss; each takes the ones its signature names."""
-        kwargs = {key: getattr(self, key) for key in _PARAM_KEYS}
+        kwargs = {key: getattr(self, key) for key in _param_keys()}
         return {**kwargs, "beta": self.resolved_beta()}
 
     def problems(self) -> list[str]:
@@ -111,7 +119,7 @@ class LossConfig:
         out = _range_problems(self)
         spec, params = self.spec, inspect.signature(LOSSES[self.loss]).parameters
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for key in ("beta", *_PARAM_KEYS):
+        for key in ("beta", *_param_keys()):
             if getattr(self, key) != defaults[key] and key not in params:
                 users = [n for n, fn in LOSSES.items() if key in inspect.signature(fn).parameters]
                 out.append(f"{key}: loss={self.loss} does not use it (used by "

@@ -22,11 +22,16 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.eval.judges.base import JudgeItem, Verdict
+from tether.eval.judges.registry import register_judge
 from tether.ui.agreement import plurality
 from tether.ui.inputs import PairItem, item_key
 from tether.ui.store import LabelStore, VoteRow
+
+if TYPE_CHECKING:
+    from tether.eval.config import JudgeConfig
 
 __all__ = ["HumanJudge"]
 
@@ -108,3 +113,8 @@ def _verdict(outcomes: list[str], flip: bool) -> Verdict:
     raw = f"human votes: A={sides['A']} B={sides['B']} tie or both bad={sides['tie']}"
     winner = _as_ab(plurality(outcomes) or "tie", flip)
     return Verdict("A" if winner == "A" else "B" if winner == "B" else "tie", p_a, raw)
+
+
+@register_judge("human")
+def _build(cfg: JudgeConfig, memo_dir: Path | None) -> HumanJudge:
+    return HumanJudge(cfg.judge_db, wait_s=cfg.judge_wait)

@@ -1,5 +1,9 @@
-"""Judges that compare two answers to one prompt (rule, reward model, OpenAI-compatible, human)."""
+"""Judges that compare two answers to one prompt (rule, reward model, OpenAI-compatible, human).
 
-from tether.eval.judges.base import Judge, Verdict, Winner
+A new judge is one module registering its builder with ``register_judge``.
+"""
 
-__all__ = ["Judge", "Verdict", "Winner"]
+from tether.eval.judges.base import Judge, JudgeItem, Verdict, Winner
+from tether.eval.judges.registry import JUDGES, build_judge, register_judge
+
+__all__ = ["JUDGES", "Judge", "JudgeItem", "Verdict", "Winner", "build_judge", "register_judge"]

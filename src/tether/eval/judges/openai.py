@@ -17,19 +17,25 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from tether.errors import JudgeError
 from tether.eval.judges.base import JudgeItem, Verdict
+from tether.eval.judges.registry import register_judge
 from tether.eval.judges.template import (
     PAIRWISE_V1,
     JudgeTemplate,
     p_a_from_logprobs,
     parse_verdict,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tether.eval.config import JudgeConfig
 
 __all__ = ["OpenAIJudge", "chat_completions_url"]
 
@@ -251,3 +257,22 @@ class OpenAIJudge:
             "output_tokens": output_tokens,
             "usd": (input_tokens + output_tokens) * price / 1e6 if price else None,
         }
+
+
+@register_judge("openai", requires={"judge_url": ", e.g. http://127.0.0.1:8000/v1",
+                                    "judge_model": " (the served model's name)"})
+def _build(cfg: JudgeConfig, memo_dir: Path | None) -> OpenAIJudge:
+    return OpenAIJudge(
+        cfg.judge_url,
+        cfg.judge_model,
+        api_key_env=cfg.judge_api_key_env,
+        temperature=cfg.judge_temperature,
+        max_tokens=cfg.judge_max_tokens,
+        logprobs=cfg.judge_logprobs,
+        timeout=cfg.judge_timeout,
+        retries=cfg.judge_retries,
+        backoff=cfg.judge_backoff,
+        concurrency=cfg.concurrency,
+        request_budget=cfg.request_budget,
+        usd_per_million_tokens=cfg.judge_usd_per_million_tokens,
+    )

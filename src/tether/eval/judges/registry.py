@@ -1,85 +1,85 @@
-"""Judge names in the config -> judge objects. Another package adds one with ``register_judge``.
+"""The judge registry: the one list of judge names, each with its builder and required keys.
 
-``human`` puts the pairs into the labeling page's database (``judge_db``) and reads people's
-votes from it (``tether label --db <same file>`` serves the page).
+A judge is one module that defines its class and registers a builder next to it:
+
+    @register_judge("mine", requires={"judge_model": " (the model to ask)"})
+    def _build(cfg: JudgeConfig, memo_dir: Path | None) -> Judge: ...
+
+``judge=mine`` then works in ``EvalConfig``, ``tether eval``, ``tether pairs`` and
+``tether iterate`` alike. The built-in judges (rule, reward_model, openai, and human, whose
+votes come from the labeling page) register themselves the same way, in their own modules,
+imported here on first use. ``judge=none`` is not a judge: evaluation then reports the implicit
+reward only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import JudgeError
-from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import Judge
 
-__all__ = ["JUDGES", "build_judge", "register_judge"]
+if TYPE_CHECKING:
+    from tether.eval.config import JudgeConfig
 
-JudgeBuilder = Callable[[JudgeConfig, Path | None], Judge]
-JUDGES: dict[str, JudgeBuilder] = {}
+__all__ = ["JUDGES", "NO_JUDGE", "JudgeSpec", "build_judge", "judge_problems", "judges",
+           "register_judge"]
+
+NO_JUDGE = "none"
+JudgeBuilder = Callable[["JudgeConfig", "Path | None"], Judge]
 
 
-def register_judge(name: str) -> Callable[[JudgeBuilder], JudgeBuilder]:
-    """Make ``judge=name`` build a judge with ``builder(cfg, memo_dir)``."""
+@dataclass(frozen=True)
+class JudgeSpec:
+    build: JudgeBuilder
+    # config keys that must be set for this judge -> the hint after "required for judge=NAME"
+    requires: Mapping[str, str] = field(default_factory=dict)
+
+
+JUDGES: dict[str, JudgeSpec] = {}
+_BUILTIN = ("tether.eval.judges.rule", "tether.eval.judges.reward_model",
+            "tether.eval.judges.openai", "tether.ui.human_judge")
+
+
+def register_judge(
+    name: str, requires: Mapping[str, str] | None = None
+) -> Callable[[JudgeBuilder], JudgeBuilder]:
+    """Make ``judge=name`` build a judge with ``builder(cfg, memo_dir)``; ``requires`` names
+    the config keys it needs (each with the hint shown when it is missing)."""
 
     def add(builder: JudgeBuilder) -> JudgeBuilder:
-        JUDGES[name] = builder
+        JUDGES[name] = JudgeSpec(builder, dict(requires or {}))
         return builder
 
     return add
 
 
+def judges() -> dict[str, JudgeSpec]:
+    """Every registered judge, the built-in ones included."""
+    for module in _BUILTIN:
+        importlib.import_module(module)  # each registers itself once
+    return JUDGES
+
+
+def judge_problems(cfg: Any) -> list[str]:
+    """Config problems of ``cfg.judge``: an unknown name, or a key the judge needs unset."""
+    if cfg.judge == NO_JUDGE:
+        return []
+    spec = judges().get(cfg.judge)
+    if spec is None:
+        valid = ", ".join([*sorted(JUDGES), NO_JUDGE])
+        return [f"judge: unknown '{cfg.judge}'; valid: {valid} (or one added with "
+                "tether.eval.judges.register_judge)"]
+    return [f"{key}: required for judge={cfg.judge}{hint}"
+            for key, hint in spec.requires.items() if not getattr(cfg, key, None)]
+
+
 def build_judge(cfg: JudgeConfig, memo_dir: Path | None = None) -> Judge:
-    builder = JUDGES.get(cfg.judge)
-    if builder is None:
-        raise JudgeError(f"judge: unknown '{cfg.judge}'; valid: {', '.join(sorted(JUDGES))}")
-    return builder(cfg, memo_dir)
-
-
-@register_judge("human")
-def _human(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
-    from tether.ui.human_judge import HumanJudge
-
-    return HumanJudge(cfg.judge_db, wait_s=cfg.judge_wait)
-
-
-@register_judge("rule")
-def _rule(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
-    from tether.eval.judges.rule import RuleJudge
-
-    return RuleJudge(cfg.judge_rule, cfg.judge_rule_args)
-
-
-@register_judge("reward_model")
-def _reward_model(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
-    from tether.eval.judges.reward_model import RewardModelJudge
-    from tether.model.loading import resolve_device
-
-    return RewardModelJudge(
-        cfg.judge_model,
-        # runtime keys of the config that carries the judge keys (eval's or pairs')
-        device=resolve_device(getattr(cfg, "device", "auto")),
-        batch_size=getattr(cfg, "batch_size", 8),
-        trust_remote_code=getattr(cfg, "trust_remote_code", False),
-        memo_dir=memo_dir,
-    )
-
-
-@register_judge("openai")
-def _openai(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
-    from tether.eval.judges.openai import OpenAIJudge
-
-    return OpenAIJudge(
-        cfg.judge_url,
-        cfg.judge_model,
-        api_key_env=cfg.judge_api_key_env,
-        temperature=cfg.judge_temperature,
-        max_tokens=cfg.judge_max_tokens,
-        logprobs=cfg.judge_logprobs,
-        timeout=cfg.judge_timeout,
-        retries=cfg.judge_retries,
-        backoff=cfg.judge_backoff,
-        concurrency=cfg.concurrency,
-        request_budget=cfg.request_budget,
-        usd_per_million_tokens=cfg.judge_usd_per_million_tokens,
-    )
+    spec = judges().get(cfg.judge)
+    if spec is None:
+        raise JudgeError(judge_problems(cfg)[0])
+    return spec.build(cfg, memo_dir)

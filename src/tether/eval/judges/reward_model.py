@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -17,6 +18,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from tether.errors import JudgeError
 from tether.eval.hashing import weights_hash
 from tether.eval.judges.base import JudgeItem, Verdict
+from tether.eval.judges.registry import register_judge
+
+if TYPE_CHECKING:
+    from tether.eval.config import JudgeConfig
 
 __all__ = ["RewardModelJudge"]
 
@@ -112,3 +117,17 @@ class RewardModelJudge:
             raw = f"r_a={ra:.6g} r_b={rb:.6g}"
             verdicts.append(Verdict(winner, p_a=p_a, raw=raw))  # type: ignore[arg-type]
         return verdicts
+
+
+@register_judge("reward_model", requires={"judge_model": " (a local model directory)"})
+def _build(cfg: JudgeConfig, memo_dir: Path | None) -> RewardModelJudge:
+    from tether.model.loading import resolve_device
+
+    return RewardModelJudge(
+        cfg.judge_model,
+        # runtime keys of the config that carries the judge keys (eval's or pairs')
+        device=resolve_device(getattr(cfg, "device", "auto")),
+        batch_size=getattr(cfg, "batch_size", 8),
+        trust_remote_code=getattr(cfg, "trust_remote_code", False),
+        memo_dir=memo_dir,
+    )

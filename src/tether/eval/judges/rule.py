@@ -15,10 +15,16 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import JudgeError
 from tether.eval.judges.base import JudgeItem, Verdict
+from tether.eval.judges.registry import register_judge
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tether.eval.config import JudgeConfig
 
 __all__ = ["RuleJudge", "load_rule"]
 
@@ -144,3 +150,8 @@ class RuleJudge:
 
     def judge_many(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         return [self(i.prompt, i.answer_a, i.answer_b, i.row) for i in items]
+
+
+@register_judge("rule", requires={"judge_rule": ", e.g. tether.eval.rules:exact_answer"})
+def _build(cfg: JudgeConfig, memo_dir: Path | None) -> RuleJudge:
+    return RuleJudge(cfg.judge_rule, cfg.judge_rule_args)

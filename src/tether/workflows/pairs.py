@@ -24,7 +24,7 @@ from tether.data.records import load_preferences, load_prompts
 from tether.errors import DataError, JudgeError
 from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import JudgeItem, Verdict
-from tether.fields import opt
+from tether.fields import Checked, opt
 from tether.io import write_text
 
 __all__ = ["PairsConfig", "convert", "dedupe", "write_jsonl"]
@@ -33,7 +33,7 @@ log = logging.getLogger("tether")
 
 
 @dataclass(frozen=True)
-class PairsConfig(JudgeConfig):
+class PairsConfig(Checked, JudgeConfig):
     """What ``tether pairs`` reads; the judge keys come from ``JudgeConfig``."""
 
     mode: Literal["convert", "sample", "rewrite"] = opt("convert", "how pairs are made")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from tether.config import build_config
 from tether.eval.config import EvalConfig, JudgeConfig
-from tether.fields import opt
+from tether.fields import Checked, opt
 from tether.io import write_json
 
 __all__ = ["IterateConfig", "iterate"]
@@ -30,7 +30,7 @@ log = logging.getLogger("tether")
 
 
 @dataclass(frozen=True)
-class IterateConfig(JudgeConfig):
+class IterateConfig(Checked, JudgeConfig):
     """Rounds of online DPO; the judge keys come from ``JudgeConfig``."""
 
     model: str = opt("", "starting model (e.g. the SFT model): round 1's policy and reference")
@@ -70,8 +70,8 @@ def _judge_keys(cfg: IterateConfig) -> dict[str, Any]:
 def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
     """Run the rounds; returns (and writes) the per-round win-rates."""
     from tether.eval.evaluate import evaluate
-    from tether.pairs import PairsConfig, sample
     from tether.training.loop import TrainConfig, train
+    from tether.workflows.pairs import PairsConfig, sample
 
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import json
 
 from conftest import make_pairs, write_jsonl
 from tether.config import build_config
-from tether.iterate import IterateConfig, iterate
+from tether.workflows.iterate import IterateConfig, iterate
 
 
 def test_two_rounds_write_pairs_runs_evals_and_a_plot(tmp_path, llama_dir):

@@ -13,12 +13,12 @@ from conftest import make_pairs, write_jsonl
 from tether.config import build_config
 from tether.errors import ConfigError, DataError
 from tether.eval.rules import shorter
-from tether.pairs import PairsConfig, run
+from tether.workflows.pairs import PairsConfig, run
 
-sys.path.insert(0, str(Path(__file__).parent / "eval"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from eval_chat_server import ChatServer, Reply, completion
 
-SHARED = Path(os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared"
                              / "data")) / "instruction-data-with-preference.json"
 
 

@@ -1,0 +1,1 @@
+"""The workflows around training: assembling preference pairs and iterative DPO."""
