@@ -51,11 +51,12 @@ class Loaded:
             out[f"{split}_data"] = dataclasses.asdict(self.report)
         return out
 
-    def check(self, path: str) -> Loaded:
+    def check(self, path: str, max_length: int) -> Loaded:
         if not self.rows:
             raise DataError(
                 f"{path}: no rows left after truncation ({self.truncation.dropped} dropped: "
-                "prompts longer than max_length); raise max_length or set max_prompt_length"
+                f"prompts longer than max_length={max_length}); raise max_length or set "
+                "max_prompt_length"
             )
         return self
 

@@ -25,7 +25,7 @@ class CompletionsShape:
         chat = use_chat(tokenizer, cfg.chat_template, needs_chat(records))
         rows, audit = tokenize_records(tokenizer, records, chat=chat, max_length=cfg.max_length,
                                        max_prompt_length=cfg.max_prompt_length)
-        return Loaded(rows, audit, chat).check(path)
+        return Loaded(rows, audit, chat).check(path, cfg.max_length)
 
     def step(
         self, cfg: LossConfig, rows: Sequence[TokenizedPair], logps: Tensor, counts: Tensor,

@@ -203,7 +203,7 @@ class RankedShape:
         records, report = read_rankings(cfg, path)
         tok = tokenizer_args(cfg, tokenizer, records[0].prompt)
         rows, audit = _tokenize_ranked(records, tok)
-        return Loaded(rows, audit, tok["chat"], report).check(path)
+        return Loaded(rows, audit, tok["chat"], report).check(path, cfg.max_length)
 
     def step(
         self, cfg: LossConfig, rows: Sequence[TokenizedPair], logps: Tensor, counts: Tensor,

@@ -144,7 +144,7 @@ class UnpairedShape:
         tok = {"tokenizer": tokenizer, "chat": chat, "max_length": cfg.max_length,
                "max_prompt_length": cfg.max_prompt_length}
         rows, audit = _tokenize_unpaired(records, cfg.seed, tok)
-        return Loaded(rows, audit, chat, report).check(path)
+        return Loaded(rows, audit, chat, report).check(path, cfg.max_length)
 
     def step(
         self, cfg: LossConfig, rows: Sequence[TokenizedPair], logps: Tensor, counts: Tensor,
