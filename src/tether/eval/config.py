@@ -32,7 +32,12 @@ class JudgeConfig:
     judge_temperature: float = opt(0.0, "judge=openai: sampling temperature of the judge")
     judge_max_tokens: int = opt(16, "judge=openai: tokens the judge may answer with")
     judge_logprobs: bool = opt(True, "judge=openai: ask for log-probs to get p(A)")
-    judge_timeout: float = opt(60.0, "judge=openai: seconds per request")
+    judge_timeout: float = opt(
+        60.0, "judge=openai: seconds per request, reply included (still arriving then: cut off)"
+    )
+    judge_max_response_bytes: int = opt(
+        4 * 1024 * 1024, "judge=openai: bytes of one reply read at most; a bigger one is unparsed"
+    )
     judge_retries: int = opt(4, "judge=openai: retries on 429, 5xx, timeouts, broken replies")
     judge_backoff: float = opt(1.0, "judge=openai: first retry delay in seconds (doubles)")
     judge_usd_per_million_tokens: float = opt(
@@ -57,7 +62,7 @@ class JudgeConfig:
                 out.append("judge_url: required for judge=openai, e.g. http://127.0.0.1:8000/v1")
             if not self.judge_model:
                 out.append("judge_model: required for judge=openai (the served model's name)")
-        for name in ("concurrency", "judge_max_tokens"):
+        for name in ("concurrency", "judge_max_tokens", "judge_max_response_bytes"):
             if getattr(self, name) < 1:
                 out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.request_budget is not None and self.request_budget < 1:

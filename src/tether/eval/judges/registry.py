@@ -77,6 +77,7 @@ def _openai(cfg: JudgeConfig, memo_dir: Path | None) -> Judge:
         max_tokens=cfg.judge_max_tokens,
         logprobs=cfg.judge_logprobs,
         timeout=cfg.judge_timeout,
+        max_response_bytes=cfg.judge_max_response_bytes,
         retries=cfg.judge_retries,
         backoff=cfg.judge_backoff,
         concurrency=cfg.concurrency,
