@@ -25,9 +25,13 @@ class JudgeConfig:
     judge_db: str = opt("label.db", "human: the labeling database `tether label --db` serves")
     judge_wait: float = opt(0.0, "human: seconds to wait for votes (0: read what is there)")
     judge_model: str = opt("", "reward model dir (reward_model) or served model name (openai)")
-    judge_url: str = opt("", "judge=openai: base URL, e.g. http://127.0.0.1:11434/v1")
+    judge_url: str = opt(
+        "", "judge=openai: base URL, e.g. http://127.0.0.1:11434/v1 (user:password@ in it is "
+        "sent as Basic auth and redacted everywhere)"
+    )
     judge_api_key_env: str = opt(
-        "OPENAI_API_KEY", "environment variable holding the judge's API key (never logged)"
+        "OPENAI_API_KEY",
+        "environment variable holding the judge's API key (redacted from all output, replies too)",
     )
     judge_temperature: float = opt(0.0, "judge=openai: sampling temperature of the judge")
     judge_max_tokens: int = opt(16, "judge=openai: tokens the judge may answer with")

@@ -1,7 +1,9 @@
 """An LLM judge behind any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
 Ollama, vLLM, llama.cpp's server, ``transformers serve`` and OpenAI itself speak this protocol.
-The API key is read from a named environment variable and only ever put in the request header.
+The API key is read from a named environment variable and only ever put in the request header;
+``user:password@`` in the URL becomes Basic auth and leaves the URL. Everything the server sends
+back has both redacted before tether stores or shows it (a server may quote the key).
 A reply is read as a stream, at most ``max_response_bytes`` of it and within ``timeout`` seconds
 in all, so a server that never stops sending cannot exhaust memory or hold a worker forever.
 429, 5xx, timeouts, connection errors and malformed replies are retried with exponential
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import threading
@@ -35,6 +38,7 @@ from tether.eval.judges.template import (
     p_a_from_logprobs,
     parse_verdict,
 )
+from tether.eval.redact import Redactor, basic_token, redact_url, split_userinfo
 
 __all__ = ["OpenAIJudge", "chat_completions_url"]
 
@@ -43,13 +47,18 @@ _FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not found"}
 _MAX_SLEEP = 60.0
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # a verdict is a few hundred bytes; error pages a few KB
 
+# httpx logs every request's URL at INFO, the level tether's CLI logs at: one line per judge
+# call is noise, and a URL is the one place a credential could still hide (a query string).
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
 
 def chat_completions_url(base_url: str) -> str:
     """``http://host:8000``, ``.../v1`` or the full endpoint -> the chat-completions endpoint."""
     parts = urlsplit(base_url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise JudgeError(
-            f"judge_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
+            "judge_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got "
+            f"{redact_url(base_url)!r}"
         )
     url = base_url.strip().rstrip("/")
     if url.endswith("/chat/completions"):
@@ -80,7 +89,7 @@ class _Failure(Exception):
 class _Reply(NamedTuple):
     status: int
     headers: httpx.Headers
-    text: str  # the body as read (possibly cut off)
+    text: str  # the body as read (possibly cut off), credentials redacted
     cut: str | None  # why the body was not read to its end: "size", "time", "encoding"
 
 
@@ -146,7 +155,8 @@ class OpenAIJudge:
     ) -> None:
         if not model:
             raise JudgeError("judge_model: required for judge=openai (the served model's name)")
-        self.url = chat_completions_url(base_url)
+        url, user, password = split_userinfo(base_url.strip())
+        self.url = chat_completions_url(url)  # no credentials: it is shown, logged and cached
         self.model = model
         self.api_key_env = api_key_env
         self.temperature = temperature
@@ -171,7 +181,12 @@ class OpenAIJudge:
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(headers=headers, timeout=timeout)
+        # Credentials in the URL become Basic auth (as httpx would do) but leave the URL.
+        auth = httpx.BasicAuth(user, password) if user or password else None
+        self._redact = Redactor(
+            key, user, password, *([basic_token(user, password)] if auth is not None else [])
+        )
+        self._client = httpx.Client(headers=headers, timeout=timeout, auth=auth)
 
     def __repr__(self) -> str:  # never the headers: they hold the key
         return f"OpenAIJudge(url={self.url!r}, model={self.model!r})"
@@ -205,7 +220,7 @@ class OpenAIJudge:
             raise _Failure("timed out") from None
         except httpx.TransportError as e:
             raise _Failure(f"connection failed ({type(e).__name__})") from None
-        text = data.decode("utf-8", errors="replace")
+        text = self._redact(data.decode("utf-8", errors="replace"))
         return _Reply(response.status_code, response.headers, text, cut)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +249,7 @@ class OpenAIJudge:
             encoding = reply.headers.get("content-encoding", "")
             raise _Failure(f"reply in a broken or unsupported Content-Encoding {encoding!r}")
         try:
-            data = json.loads(reply.text)
+            data = self._redact.walk(json.loads(reply.text))
             message = data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise _Failure(f"malformed reply {reply.text[:120]!r}") from None
