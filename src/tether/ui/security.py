@@ -1,10 +1,11 @@
 """Request checks shared by every route of the labeling page.
 
 - Host: when the server listens on loopback only, requests must name it by a loopback IP address
-  (``127.0.0.1``, ``[::1]``, ...), the exact name ``localhost``, or a name the user listed
-  (``--allowed-host``). A web page that rebinds its own DNS name to 127.0.0.1 sends its own name
-  (``127.attacker.example``, ``127.0.0.1.nip.io``) and is refused (DNS rebinding). Names are never
-  matched by prefix: only a parsed IP address says "loopback".
+  (``127.0.0.1``, ``[::1]``, ...), the exact name ``localhost``, the ``--host`` name it was
+  started with, or a name the user listed (``--allowed-host``). A web page that rebinds its own
+  DNS name to 127.0.0.1 sends its own name (``127.attacker.example``, ``127.0.0.1.nip.io``) and
+  is refused (DNS rebinding). Names are never matched by prefix: only a parsed IP address says
+  "loopback".
 - Origin: state-changing requests (POST) coming from another site are refused. Browsers send
   ``Origin`` (and ``Sec-Fetch-Site``) on every POST; a request with neither is not a browser's
   cross-site request, and still needs the session's CSRF token, which another site cannot read.
