@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labeling database (default: label.db)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; any other needs --token)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another name the page answers to on loopback, e.g. a name in "
+                             "/etc/hosts (repeatable; 127.0.0.1, localhost and [::1] always "
+                             "work; other names are refused to stop DNS rebinding)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
     parser.add_argument("--token", default=None,
                         help=f"access token asked at login (or set {TOKEN_ENV}, which keeps it "
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if not any(not it.identical for it in store.items()):
         raise DataError(f"--db {args.db} has no items to judge; add some with --items FILE.jsonl")
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    serve(store, host=args.host, port=args.port, token=token)
+    serve(store, host=args.host, port=args.port, token=token, allowed_hosts=args.allowed_host)
     return 0
 
 

@@ -24,14 +24,23 @@ class JudgeConfig:
     judge_db: str = opt("label.db", "human: the labeling database `tether label --db` serves")
     judge_wait: float = opt(0.0, "human: seconds to wait for votes (0: read what is there)")
     judge_model: str = opt("", "reward model dir (reward_model) or served model name (openai)")
-    judge_url: str = opt("", "judge=openai: base URL, e.g. http://127.0.0.1:11434/v1")
+    judge_url: str = opt(
+        "", "judge=openai: base URL, e.g. http://127.0.0.1:11434/v1 (user:password@ in it is "
+        "sent as Basic auth and redacted everywhere)"
+    )
     judge_api_key_env: str = opt(
-        "OPENAI_API_KEY", "environment variable holding the judge's API key (never logged)"
+        "OPENAI_API_KEY",
+        "environment variable holding the judge's API key (redacted from all output, replies too)",
     )
     judge_temperature: float = opt(0.0, "judge=openai: sampling temperature of the judge")
     judge_max_tokens: int = opt(16, "judge=openai: tokens the judge may answer with")
     judge_logprobs: bool = opt(True, "judge=openai: ask for log-probs to get p(A)")
-    judge_timeout: float = opt(60.0, "judge=openai: seconds per request")
+    judge_timeout: float = opt(
+        60.0, "judge=openai: seconds per request, reply included (still arriving then: cut off)"
+    )
+    judge_max_response_bytes: int = opt(
+        4 * 1024 * 1024, "judge=openai: bytes of one reply read at most; a bigger one is unparsed"
+    )
     judge_retries: int = opt(4, "judge=openai: retries on 429, 5xx, timeouts, broken replies")
     judge_backoff: float = opt(1.0, "judge=openai: first retry delay in seconds (doubles)")
     judge_usd_per_million_tokens: float = opt(
@@ -47,7 +56,7 @@ class JudgeConfig:
         from tether.eval.judges.registry import judge_problems  # registry -> judges -> config
 
         out = judge_problems(self)
-        for name in ("concurrency", "judge_max_tokens"):
+        for name in ("concurrency", "judge_max_tokens", "judge_max_response_bytes"):
             if getattr(self, name) < 1:
                 out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.request_budget is not None and self.request_budget < 1:

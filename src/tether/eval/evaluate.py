@@ -16,7 +16,7 @@ import gc
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from tether.eval.hashing import weights_hash
 from tether.eval.implicit import implicit_reward_stats, pair_logps
 from tether.eval.judges.registry import build_judge
 from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
+from tether.eval.redact import redact_url
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
 from tether.io import write_json, write_text
@@ -199,7 +200,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Write ``<run>/eval/{results.json, judgments.jsonl, report.md, plots/}``; return results."""
     paths = _resolve_paths(cfg)
     paths.out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, paths.out / "config.yaml")
+    # The config as it ran, less any user:password in judge_url (the API key is never in it).
+    save_config(replace(cfg, judge_url=redact_url(cfg.judge_url)), paths.out / "config.yaml")
     tokenizer = load_tokenizer(cfg.tokenizer or paths.model, cfg.trust_remote_code)
     prompts = load_prompts(cfg.data, field_map=cfg.field_map,
                            prompt_template=cfg.prompt_template, split=cfg.split)

@@ -254,6 +254,7 @@ def rewrite(cfg: PairsConfig) -> dict[str, int]:
     better and a worse version (Raschka's recipe, with a local model served by Ollama)."""
     from tether.eval.judges.registry import build_judge
     from tether.eval.judging import prompt_text
+    from tether.eval.redact import redact_url
 
     client = build_judge(cfg)
     if not hasattr(client, "request"):
@@ -277,7 +278,7 @@ def rewrite(cfg: PairsConfig) -> dict[str, int]:
                      "judge": client.identity, "original": answer})
     rows, duplicates = dedupe(rows)
     if not rows:
-        raise JudgeError(f"{cfg.judge_url}: no rewrite succeeded ({failed} failed)")
+        raise JudgeError(f"{redact_url(cfg.judge_url)}: no rewrite succeeded ({failed} failed)")
     n = write_jsonl(Path(cfg.output), rows)
     return {"prompts": len(prompts), "failed": failed, "duplicates_dropped": duplicates,
             "written": n}

@@ -1,23 +1,31 @@
 """An LLM judge behind any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
 Ollama, vLLM, llama.cpp's server, ``transformers serve`` and OpenAI itself speak this protocol.
-The API key is read from a named environment variable and only ever put in the request header.
+The API key is read from a named environment variable and only ever put in the request header;
+``user:password@`` in the URL becomes Basic auth and leaves the URL. Everything the server sends
+back has both redacted before tether stores or shows it (a server may quote the key).
+A reply is read as a stream, at most ``max_response_bytes`` of it and within ``timeout`` seconds
+in all, so a server that never stops sending cannot exhaust memory or hold a worker forever.
 429, 5xx, timeouts, connection errors and malformed replies are retried with exponential
-backoff (honouring ``Retry-After``); what still fails becomes an ``unparsed`` verdict with the
-reason in ``error``, never a loss. 401/403/404 mean the judge is set up wrong and stop the run.
-Requests run on a bounded thread pool and draw from a request budget.
+backoff (honouring ``Retry-After``); what still fails, and a reply over the size cap, becomes an
+``unparsed`` verdict with the reason in ``error``, never a loss. 401/403/404 mean the judge is
+set up wrong and stop the run. Requests run on a bounded thread pool and draw from a request
+budget.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,6 +39,7 @@ from tether.eval.judges.template import (
     p_a_from_logprobs,
     parse_verdict,
 )
+from tether.eval.redact import Redactor, basic_token, redact_url, split_userinfo
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,6 +51,11 @@ __all__ = ["OpenAIJudge", "chat_completions_url"]
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not found"}
 _MAX_SLEEP = 60.0
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # a verdict is a few hundred bytes; error pages a few KB
+
+# httpx logs every request's URL at INFO, the level tether's CLI logs at: one line per judge
+# call is noise, and a URL is the one place a credential could still hide (a query string).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -49,7 +63,8 @@ def chat_completions_url(base_url: str) -> str:
     parts = urlsplit(base_url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise JudgeError(
-            f"judge_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
+            "judge_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got "
+            f"{redact_url(base_url)!r}"
         )
     url = base_url.strip().rstrip("/")
     if url.endswith("/chat/completions"):
@@ -77,6 +92,50 @@ class _Failure(Exception):
     """One attempt failed in a way worth retrying."""
 
 
+class _Reply(NamedTuple):
+    status: int
+    headers: httpx.Headers
+    text: str  # the body as read (possibly cut off), credentials redacted
+    cut: str | None  # why the body was not read to its end: "size", "time", "encoding"
+
+
+def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
+    """``decode(chunk, max_out)`` for a Content-Encoding; None for one we cannot bound.
+
+    Decoding is done here, not by httpx, so a small compressed chunk cannot expand past the
+    size cap (a compression bomb): zlib stops at ``max_out`` bytes.
+    """
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return lambda chunk, max_out: chunk
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # | 32: gzip or zlib header
+        return lambda chunk, max_out: inflate.decompress(chunk, max_out)
+    return None
+
+
+def _read_capped(
+    response: httpx.Response, limit: int, deadline: float
+) -> tuple[bytearray, str | None]:
+    """At most ``limit`` bytes of the (decoded) body, read until ``deadline``; and why it was
+    cut off, if it was. One growing buffer: memory stays near ``limit``, never a multiple."""
+    body = bytearray()
+    decode = _decoder(response.headers.get("content-encoding", ""))
+    if decode is None:
+        return body, "encoding"
+    try:
+        for raw in response.iter_raw():
+            body += decode(raw, limit - len(body) + 1)
+            if len(body) > limit:
+                del body[limit:]
+                return body, "size"
+            if time.monotonic() > deadline:
+                return body, "time"
+    except zlib.error:
+        return body, "encoding"
+    return body, None
+
+
 class OpenAIJudge:
     """``judge=openai judge_url=... judge_model=...``; sees each pair in both orders."""
 
@@ -92,6 +151,7 @@ class OpenAIJudge:
         max_tokens: int = 16,
         logprobs: bool = True,
         timeout: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         retries: int = 4,
         backoff: float = 1.0,
         concurrency: int = 4,
@@ -101,12 +161,15 @@ class OpenAIJudge:
     ) -> None:
         if not model:
             raise JudgeError("judge_model: required for judge=openai (the served model's name)")
-        self.url = chat_completions_url(base_url)
+        url, user, password = split_userinfo(base_url.strip())
+        self.url = chat_completions_url(url)  # no credentials: it is shown, logged and cached
         self.model = model
         self.api_key_env = api_key_env
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.logprobs = logprobs
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         self.retries = retries
         self.backoff = backoff
         self.concurrency = max(1, concurrency)
@@ -119,11 +182,17 @@ class OpenAIJudge:
         self.identity = (
             f"openai:{model}@{self.url}|temperature={temperature}|max_tokens={max_tokens}"
         )
-        headers = {"Content-Type": "application/json"}
+        # identity: _read_capped decodes gzip/deflate itself, boundedly, and nothing else.
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(headers=headers, timeout=timeout)
+        # Credentials in the URL become Basic auth (as httpx would do) but leave the URL.
+        auth = httpx.BasicAuth(user, password) if user or password else None
+        self._redact = Redactor(
+            key, user, password, *([basic_token(user, password)] if auth is not None else [])
+        )
+        self._client = httpx.Client(headers=headers, timeout=timeout, auth=auth)
 
     def __repr__(self) -> str:  # never the headers: they hold the key
         return f"OpenAIJudge(url={self.url!r}, model={self.model!r})"
@@ -147,32 +216,51 @@ class OpenAIJudge:
             body["top_logprobs"] = 5
         return body
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One HTTP attempt -> the reply's JSON; _Failure to retry, JudgeError to stop."""
+    def _exchange(self, body: dict[str, Any]) -> _Reply:
+        """POST once and read the reply within the size and time caps."""
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self._client.post(self.url, json=body)
+            with self._client.stream("POST", self.url, json=body) as response:
+                data, cut = _read_capped(response, self.max_response_bytes, deadline)
         except httpx.TimeoutException:
             raise _Failure("timed out") from None
         except httpx.TransportError as e:
             raise _Failure(f"connection failed ({type(e).__name__})") from None
-        status = response.status_code
+        text = self._redact(data.decode("utf-8", errors="replace"))
+        return _Reply(response.status_code, response.headers, text, cut)
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One HTTP attempt -> the reply's JSON; _Failure to retry, ValueError to give up on
+        this item, JudgeError to stop."""
+        reply = self._exchange(body)
+        status = reply.status
         if status in _FATAL_STATUS:
             hint = f"; is the key in ${self.api_key_env}?" if status in (401, 403) else ""
             raise JudgeError(
                 f"judge_url: {self.url} answered HTTP {status} ({_FATAL_STATUS[status]}) for "
-                f"model {self.model!r}: {response.text[:160]!r}{hint}"
+                f"model {self.model!r}: {reply.text[:160]!r}{hint}"
             )
         if status in _RETRY_STATUS or status >= 500:
-            raise _Failure(f"HTTP {status}", response.headers.get("retry-after"))
+            raise _Failure(f"HTTP {status}", reply.headers.get("retry-after"))
         if status >= 400:
-            raise ValueError(f"HTTP {status}: {response.text[:300]}")  # this item only
+            raise ValueError(f"HTTP {status}: {reply.text[:300]}")  # this item only
+        if reply.cut == "size":  # no retry: a server that sent this much will again
+            raise ValueError(
+                f"reply larger than judge_max_response_bytes={self.max_response_bytes}; "
+                "not read further"
+            )
+        if reply.cut == "time":
+            raise _Failure(f"reply still arriving after judge_timeout={self.timeout:g}s")
+        if reply.cut == "encoding":
+            encoding = reply.headers.get("content-encoding", "")
+            raise _Failure(f"reply in a broken or unsupported Content-Encoding {encoding!r}")
         try:
-            data = response.json()
+            data = self._redact.walk(json.loads(reply.text))
             message = data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Failure(f"malformed reply {response.text[:120]!r}") from None
+            raise _Failure(f"malformed reply {reply.text[:120]!r}") from None
         if not isinstance(message, dict):
-            raise _Failure(f"malformed reply {response.text[:120]!r}")
+            raise _Failure(f"malformed reply {reply.text[:120]!r}")
         return data
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
@@ -270,6 +358,7 @@ def _build(cfg: JudgeConfig, memo_dir: Path | None) -> OpenAIJudge:
         max_tokens=cfg.judge_max_tokens,
         logprobs=cfg.judge_logprobs,
         timeout=cfg.judge_timeout,
+        max_response_bytes=cfg.judge_max_response_bytes,
         retries=cfg.judge_retries,
         backoff=cfg.judge_backoff,
         concurrency=cfg.concurrency,
