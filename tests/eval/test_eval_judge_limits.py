@@ -14,13 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 from eval_stream_server import StreamServer, drip, endless
-from tether.model.tiny import tiny_llama
 
 from tether.config import build_config
 from tether.eval.config import EvalConfig
 from tether.eval.evaluate import evaluate
 from tether.eval.judges.base import Verdict
 from tether.eval.judges.openai import OpenAIJudge
+from tether.model.tiny import tiny_llama
 
 MIB = 1024 * 1024
 

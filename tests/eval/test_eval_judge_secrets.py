@@ -18,11 +18,11 @@ from urllib.parse import quote
 
 import pytest
 from eval_chat_server import ChatServer, Reply, completion
-from tether.model.tiny import tiny_llama
 
 from tether import cli
 from tether.errors import JudgeError
 from tether.eval.judges.openai import OpenAIJudge, chat_completions_url
+from tether.model.tiny import tiny_llama
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 KEY_ENV = "TETHER_TEST_ECHO_KEY"

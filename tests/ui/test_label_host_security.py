@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tether.commands.label import main
 
+from tether.commands.label import main
 from tether.errors import ConfigError
 from tether.ui.security import LOOPBACK, host_name, is_loopback
 from tether.ui.server import allowed_hosts_for

@@ -1,10 +1,19 @@
 """Records -> token ids with an exact prompt/completion boundary, EOS once, audited truncation.
 
 Policy, stated once:
-- The completion's tokens are scored, the prompt's are not. The boundary is found in token
-  space: prompt+completion is tokenized as a whole and the prompt's own tokens must be its
-  prefix; when a tokenizer merges across the boundary they are not, and the completion is
-  re-tokenized on its own (counted as ``retokenized``), never silently shifted.
+- The completion's tokens are scored, the prompt's are not. The prompt's ids are the prompt's
+  own tokenization: exactly what generation starts from (``prompt_ids``; eval uses it too).
+- The boundary is found in token space: prompt+completion is tokenized as a whole, and when
+  the prompt's ids are its prefix the completion is the rest. When a tokenizer merges across
+  the boundary they are not; the completion is then re-tokenized (counted as ``retokenized``),
+  never silently shifted: on its own, or, if that changes the text, as a continuation (after a
+  separator whose tokens are then cut). The second case is SentencePiece's word-start space
+  (Llama 2, Mistral v1, Phi-3): a prompt ending in ``"A: "`` ends on the lone token ``▁``, and
+  ``"Paris."`` on its own is ``▁Paris .``, which after that prompt reads ``"A:  Paris."``; as
+  a continuation it is ``Par is .``.
+- Round trip, checked whenever the boundary was re-tokenized: prompt ids + completion ids
+  decode to what the whole rendered text's ids decode to. A row where no re-tokenization does
+  is a ``DataError`` naming the row.
 - Each completion ends with EOS exactly once (chat templates that already close the turn with
   EOS are not doubled; whitespace a template adds after EOS is cut).
 - ``max_prompt_length`` keeps the prompt's END (and its BOS); ``max_length`` then keeps the
@@ -13,7 +22,8 @@ Policy, stated once:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -95,8 +105,12 @@ def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple
         ptext = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(p + c, tokenize=False)
         if not full.startswith(ptext):
+            # e.g. Gemma 4: the generation prompt opens an empty thought channel that the
+            # template leaves out of an answered turn, so no boundary is both exact and true.
+            k = len(os.path.commonprefix([ptext, full]))
             raise DataError(
-                "chat template renders the prompt differently with and without the answer; "
+                "chat template renders the prompt differently with and without the answer "
+                f"(generation prompt {ptext[k:][:40]!r}, answered turn {full[k:][:40]!r}); "
                 "use chat_template=off or a template whose generation prompt is a prefix"
             )
         return ptext, full, False  # templates write their own BOS
@@ -124,8 +138,41 @@ def _completion_ids(
         c_ids = full_ids[len(p_ids) :]
     else:  # a merge across the boundary: score the completion as generation would produce it
         audit.retokenized += 1
-        c_ids = _ids(tokenizer, full[len(ptext) :], False)
+        c_ids = _continuation(tokenizer, p_ids, full[len(ptext) :], _decode(tokenizer, full_ids))
     return p_ids, _end_with_eos(tokenizer, c_ids)
+
+
+# Separators whose tokens do not merge with most text that follows them: after one, a
+# SentencePiece tokenizer encodes the text as a continuation, without its word-start space.
+# "x" is the fallback for a completion that starts with a newline.
+_SEPARATORS = ("\n", "x")
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return str(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+
+def _candidates(tokenizer: Any, text: str) -> Iterator[list[int]]:
+    """Tokenizations of ``text`` to follow a prompt: on its own, then after each separator."""
+    yield _ids(tokenizer, text, False)
+    for sep in _SEPARATORS:
+        sep_ids = _ids(tokenizer, sep, False)
+        ids = _ids(tokenizer, sep + text, False)
+        if sep_ids and ids[: len(sep_ids)] == sep_ids:
+            yield ids[len(sep_ids) :]
+
+
+def _continuation(tokenizer: Any, p_ids: list[int], text: str, want: str) -> list[int]:
+    """The first tokenization of ``text`` with decode(p_ids + ids) == ``want``."""
+    for ids in _candidates(tokenizer, text):
+        if _decode(tokenizer, p_ids + ids) == want:
+            return ids
+    raise DataError(
+        f"the answer's tokens cannot follow the prompt's without changing the text: the prompt "
+        f"ends with {_decode(tokenizer, p_ids[-3:])!r} and the answer starts with {text[:12]!r}, "
+        "which this tokenizer merges; move the boundary (e.g. the trailing space of the prompt "
+        "to the start of the answer)"
+    )
 
 
 def _end_with_eos(tokenizer: Any, ids: list[int]) -> list[int]:
