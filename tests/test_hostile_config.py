@@ -1,11 +1,14 @@
-"""Hostile configs (issue 14): non-finite and out-of-range numbers are one-line ConfigErrors,
-and ``tether train`` exits 2 on them."""
+"""Hostile configs (issue 14): non-finite and out-of-range numbers, YAML duplicate keys, deep
+nesting and alias bombs are one-line ConfigErrors, and ``tether train`` exits 2 on them."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import subprocess
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from tether.iterate import IterateConfig
 from tether.losses.objective import LossConfig
 from tether.pairs import PairsConfig
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 REQUIRED = ["model=m", "data=d.jsonl"]
 LOSS_FOR = {"gamma": "simpo", "orpo_lambda": "orpo", "kto_desirable_weight": "kto",
             "kto_undesirable_weight": "kto"}
@@ -122,11 +126,68 @@ def test_a_numeric_key_without_a_range_is_a_bug_in_tether():
     assert dataclasses.fields(Loose)[0].metadata["help"] == "steps"
 
 
+# --------------------------------------------------------------------------- YAML
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def bomb_yaml(levels: int = 9) -> str:
+    """Billion laughs: 10 aliases per level, so the last anchor expands to 10**levels values."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nlora_target_modules: *a{levels}\n"
+
+
+def test_yaml_duplicate_key_names_the_key_and_both_lines(tmp_path):
+    path = write(tmp_path / "c.yaml", "model: m\ndata: d.jsonl\nlr: 1e-5\nbeta: 0.1\nlr: 1e-3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, path)
+    assert str(err.value) == (
+        f"{path}:5: duplicate key 'lr' (first set on line 3); YAML would keep only the last "
+        "one, so remove one of them"
+    )
+    nested = write(tmp_path / "n.yaml", "field_map:\n  chosen: a\n  chosen: b\n")
+    with pytest.raises(ConfigError, match=r"n\.yaml:3: duplicate key 'chosen' \(first set on "
+                                          r"line 2\)"):
+        load_config(TrainConfig, nested)
+
+
+def test_yaml_merge_key_override_is_not_a_duplicate(tmp_path):
+    path = write(tmp_path / "m.yaml", "model: m\ndata: d.jsonl\nfield_map:\n"
+                 "  <<: {chosen: a, rejected: b}\n  chosen: c\n")
+    assert load_config(TrainConfig, path).field_map == {"chosen": "c", "rejected": "b"}
+
+
+def test_yaml_deep_nesting_and_recursive_alias_are_refused(tmp_path):
+    deep = write(tmp_path / "deep.yaml", "model: m\nfield_map: " + "[" * 100_000
+                 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, deep)
+    assert str(err.value) == f"{deep}:2: nested deeper than 64 levels; a config is flat key: " \
+                             "value pairs"
+    loop = write(tmp_path / "loop.yaml", "model: m\nlora_target_modules: &a [x, *a]\n")
+    with pytest.raises(ConfigError, match=r"loop\.yaml:2: an alias refers to itself"):
+        load_config(TrainConfig, loop)
+
+
+def test_yaml_aliases_within_the_limit_still_work(tmp_path):
+    path = write(tmp_path / "ok.yaml", "model: m\ndata: d.jsonl\nmods: &m [q_proj, v_proj]\n"
+                 "lora_target_modules: *m\n")
+    with pytest.raises(ConfigError) as err:  # only the unknown key `mods` is wrong
+        load_config(TrainConfig, path)
+    assert str(err.value).startswith(f"{path}: unknown key 'mods'")
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
 def cli_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     """case -> (arguments after the data, regex of the error after 'tether train: error: ')."""
+    dup = write(tmp_path / "dup.yaml", "beta: 0.1\nmax_steps: 1\nbeta: 0.5\n")
+    deep = write(tmp_path / "deep.yaml", "field_map: " + "{a: " * 5000 + "}" * 5000 + "\n")
     return {
         "lr=inf": (["lr=inf"], r"overrides: lr: must be a finite number > 0, got inf$"),
         "beta=inf": (["beta=inf"], r"overrides: beta: must be a finite number > 0, got inf$"),
@@ -135,11 +196,14 @@ def cli_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "seed=-1": (["seed=-1"], r"overrides: seed: must be in \[0, 4294967295\], got -1$"),
         "20-digit seed": (["seed=12345678901234567890"], r"overrides: seed: must be in \[0, "),
         "epochs=inf": (["epochs=inf"], r"overrides: epochs: must be a finite number >= 0"),
+        "duplicate key": ([str(dup)], re.escape(f"{dup}:3: duplicate key 'beta' (first set on "
+                                                "line 1)")),
+        "deep yaml": ([str(deep)], re.escape(f"{deep}:1: nested deeper than 64 levels")),
     }
 
 
 CLI_CASES = ["lr=inf", "beta=inf", "lr=nan", "weight_decay=-5", "seed=-1", "20-digit seed",
-             "epochs=inf"]
+             "epochs=inf", "duplicate key", "deep yaml"]
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
@@ -164,3 +228,35 @@ def limited(seconds: int = 60, gib: int = 2):
         resource.setrlimit(resource.RLIMIT_AS, (gib * 2**30, gib * 2**30))
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
     return apply
+
+
+def test_override_alias_bomb_is_refused(tmp_path, llama_dir, pairs_file, capsys):
+    # Nine levels of ten aliases: 10**9 values once expanded, from a 300-character argument.
+    # (In-process is safe on unguarded code too: its first item fails the type check.)
+    override = "lora_target_modules=[" + ", ".join(
+        f"&b{i} [{', '.join([f'*b{i - 1}' if i else 'x'] * 10)}]" for i in range(9)) + "]"
+    code = main(["train", f"model={llama_dir}", f"data={pairs_file}", override,
+                 f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err[-2000:]
+    assert err == ("tether train: error: override 'lora_target_modules': aliases expand to more "
+                   "than 100000 values (an alias bomb?); write the values out instead\n")
+
+
+@pytest.mark.slow
+def test_alias_bomb_file_ends_in_seconds_in_a_real_process(tmp_path, llama_dir, pairs_file):
+    """`python -m tether train bomb.yaml`: 10**9 values once expanded; unguarded, it ran until
+    killed (the limits make even that end, in a MemoryError, within a minute)."""
+    bomb = write(tmp_path / "bomb.yaml", bomb_yaml(9))  # a4 on line 5 is the first past 10**5
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether", "--quiet", "train", str(bomb), f"model={llama_dir}",
+         f"data={pairs_file}", f"output_dir={tmp_path / 'run'}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        preexec_fn=limited(),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr == (f"tether train: error: {bomb}:5: aliases expand to more than 100000 "
+                           "values (an alias bomb?); write the values out instead\n")
+    assert proc.stdout == "" and not (tmp_path / "run").exists()

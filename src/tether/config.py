@@ -21,6 +21,7 @@ import yaml
 from tether.errors import ConfigError
 from tether.fields import SEED_MAX, opt, range_problems
 from tether.losses.objective import LossConfig
+from tether.yaml_loader import YamlRefused, load_yaml
 
 __all__ = [
     "TrainConfig",
@@ -313,8 +314,10 @@ def _parse_override(item: str, hints: Mapping[str, Any]) -> tuple[str, Any]:
         # mapping too, field_map.prompt=yes as true and data=#x as null.
         return key, raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else ""
+    except YamlRefused as e:
+        raise ConfigError(f"override '{key}': {e}") from None
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of over 4300 digits
         value = raw
     return key, value
 
@@ -339,8 +342,10 @@ def load_config(
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config ({e})") from None
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
+            loaded = load_yaml(text)
+        except YamlRefused as e:
+            raise ConfigError(f"{path}:{e.line}: {e}") from None
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             problem = getattr(e, "problem", e)
