@@ -17,14 +17,16 @@ Formats (auto-detected from the fields):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether.errors import DataError
+from tether.errors import ConfigError, DataError
 
 __all__ = [
     "DataReport",
@@ -40,6 +42,8 @@ __all__ = [
 
 Message = dict[str, str]
 Text = str | list[Message]
+
+ROLES = ("system", "user", "assistant", "tool")  # what chat templates know how to render
 
 # Alpaca's prompt (Taori et al. 2023), the template Raschka's instruction data is built for.
 TEMPLATES = {
@@ -120,6 +124,8 @@ def read_rows(path: str, split: str = "train") -> list[Row]:
 
 def _decode(p: Path) -> str:
     raw = p.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors write one): not data
+        raw = raw[3:]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -221,10 +227,28 @@ def _apply_template(template: str, data: Mapping[str, Any], source: str) -> str:
             input_clause=", paired with an input that provides further context" if inp else "",
             input_block=f"### Input:\n{inp}\n\n" if inp else "",
         )
+    _check_template(template)
+    return template.format_map(_StrictFields(data, source))
+
+
+@functools.lru_cache(maxsize=16)
+def _check_template(template: str) -> None:
+    """Allow ``{field}`` names only: ``str.format`` would also evaluate ``{prompt.__class__}``
+    or ``{x[0]}``, reaching into Python objects from a config value (issue 14)."""
     try:
-        return template.format_map(_StrictFields(data, source))
-    except (IndexError, ValueError) as e:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
         raise DataError(f"prompt_template: cannot format ({e}); use {{field}} names") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            field_text = "{" + name + (f"!{conversion}" if conversion else "") + (
+                f":{spec}" if spec else "") + "}"
+            raise ConfigError(
+                f"prompt_template: {field_text!r} is not a plain field name; use {{field}} names "
+                "only, e.g. '{instruction}\\n{input}' (write {{ and }} for literal braces)"
+            )
 
 
 class _StrictFields(dict[str, Any]):
@@ -279,6 +303,11 @@ def _check_text(value: Any, name: str, source: str, allow_empty: bool = False) -
                 raise DataError(
                     f"{source}: field '{name}[{i}]' must be a {{'role': str, 'content': str}} "
                     "message"
+                )
+            if m["role"] not in ROLES:  # a chat template would mis-render or drop the turn
+                raise DataError(
+                    f"{source}: field '{name}[{i}]' has role {m['role']!r}; expected one of "
+                    f"{', '.join(ROLES)} (rename it, e.g. with a script, or remove the row)"
                 )
         return [{"role": m["role"], "content": m["content"]} for m in value]
     if value is None and not allow_empty:  # JSON null, or an empty CSV/Parquet cell
@@ -412,8 +441,13 @@ def load_completions(
     for row in read_rows(path, split):
         data = _mapped(row, field_map, prompt_template)
         if "messages" in data and "prompt" not in data:
+            if not isinstance(data["messages"], list):
+                raise DataError(
+                    f"{row.source}: field 'messages' must be a list of {{'role', 'content'}} "
+                    f"messages, got {type(data['messages']).__name__}"
+                )
             msgs = _check_text(data["messages"], "messages", row.source)
-            assert isinstance(msgs, list)
+            assert isinstance(msgs, list)  # a list in, a list out
             k = max((i for i, m in enumerate(msgs) if m["role"] != "assistant"), default=-1) + 1
             if k == 0 or k == len(msgs):
                 raise DataError(
