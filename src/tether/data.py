@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, DataError
+from tether.row_limits import check_row, max_row_bytes, parse_json, too_big
 
 __all__ = [
     "DataReport",
@@ -136,16 +137,22 @@ def _decode(p: Path) -> str:
 
 
 def _read_jsonl(p: Path) -> list[Row]:
-    rows = []
-    for n, line in enumerate(_decode(p).splitlines(), start=1):
+    rows, limit = [], max_row_bytes()
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters that
+    # splitlines() also breaks at, and line numbers must match the file's.
+    for n, line in enumerate(_decode(p).split("\n"), start=1):
         if not line.strip():
             continue
+        # Checked before parsing: the parse (and tokenizing what it holds) is what costs.
+        if len(line) > limit // 4 and len(line.encode("utf-8")) > limit:
+            raise too_big(f"{p}:{n}", len(line.encode("utf-8")), limit, "the line")
         try:
-            obj = json.loads(line)
+            obj = parse_json(line, f"{p}:{n}")
         except json.JSONDecodeError as e:
             raise DataError(f"{p}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{p}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+        check_row(obj, f"{p}:{n}", None)
         rows.append(Row(obj, f"{p}:{n}"))
     return rows
 
@@ -153,7 +160,7 @@ def _read_jsonl(p: Path) -> list[Row]:
 def _read_json(p: Path) -> list[Row]:
     text = _decode(p)
     try:
-        obj = json.loads(text)
+        obj = parse_json(text, str(p))
     except json.JSONDecodeError as e:
         raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(obj, dict):  # {"data": [...]} or {"train": [...]}
@@ -163,10 +170,11 @@ def _read_json(p: Path) -> list[Row]:
         obj = lists[0]
     if not isinstance(obj, list):
         raise DataError(f"{p}: expected a JSON list of rows, got {type(obj).__name__}")
-    rows = []
+    rows, limit = [], max_row_bytes()
     for i, item in enumerate(obj):
         if not isinstance(item, dict):
             raise DataError(f"{p}[{i}]: expected an object, got {type(item).__name__}")
+        check_row(item, f"{p}[{i}]", limit)
         rows.append(Row(item, f"{p}[{i}]"))
     return rows
 
@@ -174,9 +182,12 @@ def _read_json(p: Path) -> list[Row]:
 def _dataset_rows(ds: Any, where: str, csv: bool = False) -> list[Row]:
     # CSV rows are named by line (header = line 1, so row i is line i + 2); other sources by
     # 0-based row index in brackets, as JSON lists are: "file:0" would read as a line number.
-    if csv:
-        return [Row(dict(r), f"{where}:{i + 2}") for i, r in enumerate(ds)]
-    return [Row(dict(r), f"{where}[{i}]") for i, r in enumerate(ds)]
+    rows, limit = [], max_row_bytes()
+    for i, r in enumerate(ds):
+        row = Row(dict(r), f"{where}:{i + 2}" if csv else f"{where}[{i}]")
+        check_row(row.data, row.source, limit)
+        rows.append(row)
+    return rows
 
 
 def _read_with_datasets(p: Path, kind: str) -> list[Row]:
