@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Far above real data and far below what exhausts memory: 4 MiB is ~1M tokens of text (a
-# 128k-token conversation is ~0.5 MB) and costs the tokenizer ~1 GB at most.
+# 128k-token conversation is ~0.5 MB) and costs about 1 GB in the tokenizer.
 MAX_ROW_BYTES = 4 * 2**20
 MAX_ROW_BYTES_ENV = "TETHER_MAX_ROW_BYTES"  # raises (or lowers) MAX_ROW_BYTES
 MAX_DEPTH = 64  # lists/objects inside one another; a conversation row needs 3
