@@ -19,9 +19,10 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from tether.errors import ConfigError
-from tether.fields import Checked, deferred_checks, field_help, opt
+from tether.fields import SEED_MAX, Checked, deferred_checks, field_help, opt, range_problems
 from tether.io import write_text
 from tether.losses.objective import LossConfig
+from tether.yaml_loader import YamlRefused, load_yaml
 
 __all__ = [
     "TrainConfig",
@@ -70,30 +71,34 @@ class TrainConfig(Checked, LossConfig):
     )
 
     # --- optimisation
-    lr: float = opt(5e-7, "peak learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas")
-    batch_size: int = opt(8, "pairs per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
-    max_steps: int = opt(-1, "optimizer steps; -1 means run `epochs` epochs")
-    epochs: float = opt(1.0, "passes over the data when max_steps is -1")
-    warmup_steps: int = opt(0, "linear warm-up steps")
+    lr: float = opt(5e-7, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
+    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas", ge=0, lt=1)
+    batch_size: int = opt(8, "pairs per micro-batch", ge=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", ge=1)
+    max_steps: int = opt(-1, "optimizer steps; -1 means run `epochs` epochs", ge=-1)
+    epochs: float = opt(1.0, "passes over the data when max_steps is -1", ge=0)
+    warmup_steps: int = opt(0, "linear warm-up steps", ge=0)
     scheduler: Literal["linear", "cosine", "constant"] = opt(
         "linear", "decay after warm-up"
     )
-    max_grad_norm: float = opt(1.0, "clip the gradient norm (0 disables)")
-    seed: int = opt(0, "seed for data order, initialisation and sampling")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm (0 disables)", ge=0)
+    seed: int = opt(0, "seed for data order, initialisation and sampling", ge=0, le=SEED_MAX)
 
     # --- sequences
-    max_length: int = opt(1024, "prompt + completion tokens; completions lose their end")
+    max_length: int = opt(
+        1024, "prompt + completion tokens; completions lose their end", ge=1
+    )
     max_prompt_length: int | None = opt(
-        None, "prompt tokens kept (its end survives); default: no separate limit"
+        None, "prompt tokens kept (its end survives); default: no separate limit", ge=1
     )
     chat_template: Literal["auto", "on", "off"] = opt(
         "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
     )
     group_by_length: bool = opt(True, "batch rows of similar length together to cut padding")
-    logprob_chunk: int = opt(1024, "tokens per chunk of the LM head (bounds logit memory)")
+    logprob_chunk: int = opt(
+        1024, "tokens per chunk of the LM head (bounds logit memory)", ge=1
+    )
 
     # --- numerics and device
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
@@ -116,28 +121,34 @@ class TrainConfig(Checked, LossConfig):
     fused_adamw: bool = opt(True, "use PyTorch's fused AdamW kernel (CPU and CUDA)")
 
     # --- logging and evaluation
-    log_every: int = opt(1, "write metrics every N optimizer steps")
-    eval_every: int = opt(0, "evaluate on eval_data every N steps (0: only at the end)")
-    eval_batch_size: int = opt(8, "pairs per batch for evaluation and reference passes")
+    log_every: int = opt(1, "write metrics every N optimizer steps", ge=1)
+    eval_every: int = opt(
+        0, "evaluate on eval_data every N steps (0: only at the end)", ge=0
+    )
+    eval_batch_size: int = opt(
+        8, "pairs per batch for evaluation and reference passes", ge=1
+    )
     cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached")
     progress: bool = opt(True, "show progress bars")
 
     # --- reliability
-    save_every: int = opt(0, "write a resumable checkpoint every N optimizer steps (0: never)")
-    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    save_every: int = opt(
+        0, "write a resumable checkpoint every N optimizer steps (0: never)", ge=0
+    )
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", ge=1)
     resume: bool | Literal["auto"] = opt(
         False, "true: continue from the newest checkpoint; auto: if there is one"
     )
     max_bad_steps: int = opt(
-        5, "abort after this many non-finite losses/gradients in a row (each is skipped)"
+        5, "abort after this many non-finite losses/gradients in a row (each is skipped)", ge=1
     )
 
     # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (model/lora, training/distributed)
     lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA scale numerator: the update is (alpha / r) B A x")
+    lora_r: int = opt(16, "LoRA rank", ge=1)
+    lora_alpha: int = opt(32, "LoRA scale numerator: the update is (alpha / r) B A x", gt=0)
     lora_dropout: float = opt(
-        0.0, "dropout on the LoRA input; keep 0: a random mask biases DPO's log-ratio"
+        0.0, "dropout on the LoRA input; keep 0: a random mask biases DPO's log-ratio", ge=0, lt=1
     )
     lora_target_modules: list[str] = opt(
         [], "module names to adapt, e.g. q_proj,v_proj (empty: every linear layer but the head)"
@@ -153,35 +164,22 @@ class TrainConfig(Checked, LossConfig):
 
     def problems(self) -> list[str]:
         """Value checks that types alone cannot express."""
+        # Plain ranges (lr > 0, batch_size >= 1, finite floats ...) are declared on the
+        # fields and checked by build_config (tether.fields.range_problems); these are the rest.
         out = []
-        if self.save_every < 0 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
-            out.append(
-                "save_every must be >= 0, keep_checkpoints and max_bad_steps >= 1, got "
-                f"{self.save_every}, {self.keep_checkpoints}, {self.max_bad_steps}"
-            )
         if not self.model:
             out.append("model: required (a local directory or hub id)")
         if not self.data:
             out.append("data: required (a preference file, saved dataset or hub id)")
-        if self.lr <= 0:
-            out.append(f"lr: must be > 0, got {self.lr}")
-        for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_batch_size",
-                     "logprob_chunk"):
-            if getattr(self, name) < 1:
-                out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
             out.append(f"max_steps: must be >= 1 or -1 (use epochs), got {self.max_steps}")
         if self.max_steps == -1 and self.epochs <= 0:
             out.append(f"epochs: must be > 0, got {self.epochs}")
-        if self.warmup_steps < 0:
-            out.append(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
             out.append(
                 f"max_prompt_length: must be in [1, max_length={self.max_length}), "
                 f"got {self.max_prompt_length}"
             )
-        if self.eval_every < 0:
-            out.append(f"eval_every: must be >= 0, got {self.eval_every}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             out.append(f"adam_betas: must be two numbers in [0, 1), got {self.adam_betas}")
         from tether.losses import LOSSES
@@ -194,11 +192,6 @@ class TrainConfig(Checked, LossConfig):
 def _scale_problems(cfg: TrainConfig) -> list[str]:
     """Checks of the ``# --- scale`` keys."""
     out = []
-    if cfg.lora_r < 1 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
-        out.append(
-            "lora_r: must be >= 1 with lora_alpha > 0 and lora_dropout in [0, 1), got "
-            f"{cfg.lora_r}, {cfg.lora_alpha}, {cfg.lora_dropout}"
-        )
     if not cfg.lora:
         given = {k: getattr(cfg, k) for k in ("lora_adapter", "merge", "load_in_4bit")}
         set_keys = [f"{k}={'true' if v is True else v}" for k, v in given.items() if v]
@@ -322,8 +315,10 @@ def _parse_override(item: str, hints: Mapping[str, Any]) -> tuple[str, Any]:
         # mapping too, field_map.prompt=yes as true and data=#x as null.
         return key, raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else ""
+    except YamlRefused as e:
+        raise ConfigError(f"override '{key}': {e}") from None
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of over 4300 digits
         value = raw
     return key, value
 
@@ -348,8 +343,10 @@ def load_config(
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config ({e})") from None
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
+            loaded = load_yaml(text)
+        except YamlRefused as e:
+            raise ConfigError(f"{path}:{e.line}: {e}") from None
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             problem = getattr(e, "problem", e)
@@ -390,13 +387,18 @@ def build_config(cls: type[C], raw: Mapping[str, Any], where: str = "config") ->
         except ValueError as e:
             problems.append(f"{key}: {e}")
     # Value checks run even when some keys failed, on the keys that parsed, so the user sees
-    # every problem in one go; a key already reported is not reported twice.
+    # every problem in one go; a key already reported is not reported twice. The declared
+    # ranges (finite floats included) come last: a class's own message for a key is the more
+    # specific one (adam_betas: two numbers in [0, 1)).
     with deferred_checks():
         cfg = cls(**values)
     reported = {p.split(":", 1)[0] for p in problems}
     problems.extend(
         p for p in cfg.problems() if p.split(":", 1)[0] not in reported  # type: ignore[attr-defined]
     )
+    for p in range_problems(cfg):
+        if p.split(":", 1)[0] not in {q.split(":", 1)[0] for q in problems}:
+            problems.append(p)
     if not problems:
         return cfg
     raise ConfigError(f"{where}: " + "; ".join(problems))

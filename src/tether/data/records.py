@@ -17,14 +17,17 @@ Formats (auto-detected from the fields):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether.errors import DataError
+from tether.data.row_limits import check_row, max_row_bytes, parse_json, too_big
+from tether.errors import ConfigError, DataError
 
 __all__ = [
     "DataReport",
@@ -40,6 +43,8 @@ __all__ = [
 
 Message = dict[str, str]
 Text = str | list[Message]
+
+ROLES = ("system", "user", "assistant", "tool")  # what chat templates know how to render
 
 # Alpaca's prompt (Taori et al. 2023), the template Raschka's instruction data is built for.
 TEMPLATES = {
@@ -120,6 +125,8 @@ def read_rows(path: str, split: str = "train") -> list[Row]:
 
 def _decode(p: Path) -> str:
     raw = p.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors write one): not data
+        raw = raw[3:]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -130,16 +137,22 @@ def _decode(p: Path) -> str:
 
 
 def _read_jsonl(p: Path) -> list[Row]:
-    rows = []
-    for n, line in enumerate(_decode(p).splitlines(), start=1):
+    rows, limit = [], max_row_bytes()
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters that
+    # splitlines() also breaks at, and line numbers must match the file's.
+    for n, line in enumerate(_decode(p).split("\n"), start=1):
         if not line.strip():
             continue
+        # Checked before parsing: the parse (and tokenizing what it holds) is what costs.
+        if len(line) > limit // 4 and len(line.encode("utf-8")) > limit:
+            raise too_big(f"{p}:{n}", len(line.encode("utf-8")), limit, "the line")
         try:
-            obj = json.loads(line)
+            obj = parse_json(line, f"{p}:{n}")
         except json.JSONDecodeError as e:
             raise DataError(f"{p}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{p}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+        check_row(obj, f"{p}:{n}", None)
         rows.append(Row(obj, f"{p}:{n}"))
     return rows
 
@@ -147,7 +160,7 @@ def _read_jsonl(p: Path) -> list[Row]:
 def _read_json(p: Path) -> list[Row]:
     text = _decode(p)
     try:
-        obj = json.loads(text)
+        obj = parse_json(text, str(p))
     except json.JSONDecodeError as e:
         raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(obj, dict):  # {"data": [...]} or {"train": [...]}
@@ -157,10 +170,11 @@ def _read_json(p: Path) -> list[Row]:
         obj = lists[0]
     if not isinstance(obj, list):
         raise DataError(f"{p}: expected a JSON list of rows, got {type(obj).__name__}")
-    rows = []
+    rows, limit = [], max_row_bytes()
     for i, item in enumerate(obj):
         if not isinstance(item, dict):
             raise DataError(f"{p}[{i}]: expected an object, got {type(item).__name__}")
+        check_row(item, f"{p}[{i}]", limit)
         rows.append(Row(item, f"{p}[{i}]"))
     return rows
 
@@ -168,9 +182,12 @@ def _read_json(p: Path) -> list[Row]:
 def _dataset_rows(ds: Any, where: str, csv: bool = False) -> list[Row]:
     # CSV rows are named by line (header = line 1, so row i is line i + 2); other sources by
     # 0-based row index in brackets, as JSON lists are: "file:0" would read as a line number.
-    if csv:
-        return [Row(dict(r), f"{where}:{i + 2}") for i, r in enumerate(ds)]
-    return [Row(dict(r), f"{where}[{i}]") for i, r in enumerate(ds)]
+    rows, limit = [], max_row_bytes()
+    for i, r in enumerate(ds):
+        row = Row(dict(r), f"{where}:{i + 2}" if csv else f"{where}[{i}]")
+        check_row(row.data, row.source, limit)
+        rows.append(row)
+    return rows
 
 
 def _read_with_datasets(p: Path, kind: str) -> list[Row]:
@@ -221,10 +238,28 @@ def _apply_template(template: str, data: Mapping[str, Any], source: str) -> str:
             input_clause=", paired with an input that provides further context" if inp else "",
             input_block=f"### Input:\n{inp}\n\n" if inp else "",
         )
+    _check_template(template)
+    return template.format_map(_StrictFields(data, source))
+
+
+@functools.lru_cache(maxsize=16)
+def _check_template(template: str) -> None:
+    """Allow ``{field}`` names only: ``str.format`` would also evaluate ``{prompt.__class__}``
+    or ``{x[0]}``, reaching into Python objects from a config value (issue 14)."""
     try:
-        return template.format_map(_StrictFields(data, source))
-    except (IndexError, ValueError) as e:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
         raise DataError(f"prompt_template: cannot format ({e}); use {{field}} names") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            field_text = "{" + name + (f"!{conversion}" if conversion else "") + (
+                f":{spec}" if spec else "") + "}"
+            raise ConfigError(
+                f"prompt_template: {field_text!r} is not a plain field name; use {{field}} names "
+                "only, e.g. '{instruction}\\n{input}' (write {{ and }} for literal braces)"
+            )
 
 
 class _StrictFields(dict[str, Any]):
@@ -279,6 +314,11 @@ def _check_text(value: Any, name: str, source: str, allow_empty: bool = False) -
                 raise DataError(
                     f"{source}: field '{name}[{i}]' must be a {{'role': str, 'content': str}} "
                     "message"
+                )
+            if m["role"] not in ROLES:  # a chat template would mis-render or drop the turn
+                raise DataError(
+                    f"{source}: field '{name}[{i}]' has role {m['role']!r}; expected one of "
+                    f"{', '.join(ROLES)} (rename it, e.g. with a script, or remove the row)"
                 )
         return [{"role": m["role"], "content": m["content"]} for m in value]
     if value is None and not allow_empty:  # JSON null, or an empty CSV/Parquet cell
@@ -412,8 +452,13 @@ def load_completions(
     for row in read_rows(path, split):
         data = _mapped(row, field_map, prompt_template)
         if "messages" in data and "prompt" not in data:
+            if not isinstance(data["messages"], list):
+                raise DataError(
+                    f"{row.source}: field 'messages' must be a list of {{'role', 'content'}} "
+                    f"messages, got {type(data['messages']).__name__}"
+                )
             msgs = _check_text(data["messages"], "messages", row.source)
-            assert isinstance(msgs, list)
+            assert isinstance(msgs, list)  # a list in, a list out
             k = max((i for i, m in enumerate(msgs) if m["role"] != "assistant"), default=-1) + 1
             if k == 0 or k == len(msgs):
                 raise DataError(

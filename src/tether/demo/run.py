@@ -39,7 +39,7 @@ from tether.demo.task import (
     sft_rows,
 )
 from tether.errors import ConfigError
-from tether.fields import Checked, opt
+from tether.fields import SEED_MAX, Checked, opt
 
 __all__ = ["SIZES", "DemoConfig", "DemoSize", "demo"]
 
@@ -91,7 +91,9 @@ class DemoConfig(Checked):
     """What ``tether demo`` reads. Every key has a default: ``tether demo`` alone runs it."""
 
     output_dir: str = opt("runs/demo", "where the demo writes its run directory")
-    seed: int = opt(0, "seed of the data, the initialisation, training and evaluation")
+    seed: int = opt(
+        0, "seed of the data, the initialisation, training and evaluation", ge=0, le=SEED_MAX
+    )
     size: Literal["default", "small"] = opt(
         "default",
         "default (about 3 minutes on 2 CPU cores) or small (under a minute, smaller win)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tether.fields import Checked, opt
+from tether.fields import SEED_MAX, Checked, opt
 
 __all__ = ["EvalConfig", "JudgeConfig"]
 
@@ -22,7 +22,9 @@ class JudgeConfig:
         {}, "judge=rule: keyword arguments, e.g. judge_rule_args.field=label"
     )
     judge_db: str = opt("label.db", "human: the labeling database `tether label --db` serves")
-    judge_wait: float = opt(0.0, "human: seconds to wait for votes (0: read what is there)")
+    judge_wait: float = opt(
+        0.0, "human: seconds to wait for votes (0: read what is there)", ge=0
+    )
     judge_model: str = opt("", "reward model dir (reward_model) or served model name (openai)")
     judge_url: str = opt(
         "", "judge=openai: base URL, e.g. http://127.0.0.1:11434/v1 (user:password@ in it is "
@@ -32,36 +34,40 @@ class JudgeConfig:
         "OPENAI_API_KEY",
         "environment variable holding the judge's API key (redacted from all output, replies too)",
     )
-    judge_temperature: float = opt(0.0, "judge=openai: sampling temperature of the judge")
-    judge_max_tokens: int = opt(16, "judge=openai: tokens the judge may answer with")
+    judge_temperature: float = opt(
+        0.0, "judge=openai: sampling temperature of the judge", ge=0
+    )
+    judge_max_tokens: int = opt(16, "judge=openai: tokens the judge may answer with", ge=1)
     judge_logprobs: bool = opt(True, "judge=openai: ask for log-probs to get p(A)")
     judge_timeout: float = opt(
-        60.0, "judge=openai: seconds per request, reply included (still arriving then: cut off)"
+        60.0, "judge=openai: seconds per request, reply included (still arriving then: cut off)",
+        gt=0, le=86400,
     )
     judge_max_response_bytes: int = opt(
-        4 * 1024 * 1024, "judge=openai: bytes of one reply read at most; a bigger one is unparsed"
+        4 * 1024 * 1024, "judge=openai: bytes of one reply read at most; a bigger one is unparsed",
+        ge=1,
     )
-    judge_retries: int = opt(4, "judge=openai: retries on 429, 5xx, timeouts, broken replies")
-    judge_backoff: float = opt(1.0, "judge=openai: first retry delay in seconds (doubles)")
+    judge_retries: int = opt(
+        4, "judge=openai: retries on 429, 5xx, timeouts, broken replies", ge=0
+    )
+    judge_backoff: float = opt(
+        1.0, "judge=openai: first retry delay in seconds (doubles)", ge=0
+    )
     judge_usd_per_million_tokens: float = opt(
-        0.0, "judge=openai: price, for the cost estimate printed before judging"
+        0.0, "judge=openai: price, for the cost estimate printed before judging", ge=0
     )
     both_orders: Literal["auto", "on", "off"] = opt(
         "auto", "show each pair in both orders (auto: for judges that are not deterministic)"
     )
-    concurrency: int = opt(4, "judge requests in flight at once")
-    request_budget: int | None = opt(None, "judge=openai: at most this many HTTP requests")
+    concurrency: int = opt(4, "judge requests in flight at once", ge=1)
+    request_budget: int | None = opt(
+        None, "judge=openai: at most this many HTTP requests", ge=1
+    )
 
     def problems(self) -> list[str]:
         from tether.eval.judges.registry import judge_problems  # registry -> judges -> config
 
-        out = judge_problems(self)
-        for name in ("concurrency", "judge_max_tokens", "judge_max_response_bytes"):
-            if getattr(self, name) < 1:
-                out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.request_budget is not None and self.request_budget < 1:
-            out.append(f"request_budget: must be >= 1 (or unset), got {self.request_budget}")
-        return out
+        return judge_problems(self)  # the numeric keys' ranges are declared on their fields
 
 
 @dataclass(frozen=True)
@@ -86,33 +92,42 @@ class EvalConfig(Checked, JudgeConfig):
     chat_template: Literal["auto", "on", "off"] = opt(
         "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
     )
-    max_prompts: int | None = opt(None, "evaluate only the first N prompts (default: all)")
+    max_prompts: int | None = opt(
+        None, "evaluate only the first N prompts (default: all)", ge=1
+    )
     output_dir: str = opt("", "run directory to write eval/ into (default: the model's run dir)")
 
     # --- generation (identical for both models)
-    max_new_tokens: int = opt(256, "tokens generated per answer at most")
+    max_new_tokens: int = opt(256, "tokens generated per answer at most", ge=1)
     max_prompt_length: int | None = opt(
         None, "prompt tokens at most; longer prompts lose their oldest tokens (default: the "
-        "context window minus max_new_tokens)"
+        "context window minus max_new_tokens)", ge=1
     )
-    temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
-    top_p: float = opt(1.0, "nucleus sampling mass (with temperature > 0)")
-    num_samples: int = opt(1, "answers per prompt and model (needs temperature > 0 when > 1)")
-    seed: int = opt(0, "seed of sampling and of the bootstrap")
-    batch_size: int = opt(8, "prompts per generation / scoring batch")
+    temperature: float = opt(0.0, "sampling temperature; 0 = greedy", ge=0)
+    top_p: float = opt(1.0, "nucleus sampling mass (with temperature > 0)", gt=0, le=1)
+    num_samples: int = opt(
+        1, "answers per prompt and model (needs temperature > 0 when > 1)", ge=1
+    )
+    seed: int = opt(0, "seed of sampling and of the bootstrap", ge=0, le=SEED_MAX)
+    batch_size: int = opt(8, "prompts per generation / scoring batch", ge=1)
 
     # --- statistics
-    bootstrap_samples: int = opt(2000, "bootstrap resamples of the prompts (>= 2000)")
+    bootstrap_samples: int = opt(2000, "bootstrap resamples of the prompts (>= 2000)", ge=2000)
     length_warning_ratio: float = opt(
-        1.5, "warn when the trained model's answers are this many times longer on average"
+        1.5, "warn when the trained model's answers are this many times longer on average",
+        gt=1,
     )
 
     # --- implicit reward on held-out pairs (no generation)
     implicit_reward: Literal["auto", "on", "off"] = opt(
         "auto", "implicit-reward accuracy on preference rows (auto: when data has them)"
     )
-    beta: float | None = opt(None, "β of the implicit reward (default: the run's, else 0.1)")
-    max_length: int = opt(1024, "prompt + answer tokens scored for the implicit reward")
+    beta: float | None = opt(
+        None, "β of the implicit reward (default: the run's, else 0.1)", gt=0
+    )
+    max_length: int = opt(
+        1024, "prompt + answer tokens scored for the implicit reward", ge=1
+    )
 
     # --- runtime
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
@@ -125,7 +140,7 @@ class EvalConfig(Checked, JudgeConfig):
     progress: bool = opt(True, "show progress bars")
 
     def problems(self) -> list[str]:
-        """Value checks that types alone cannot express."""
+        """Value checks that types alone cannot express (ranges are declared on the fields)."""
         out = []
         if not self.model:
             out.append("model: required (the trained model or its run directory)")
@@ -134,30 +149,9 @@ class EvalConfig(Checked, JudgeConfig):
         out.extend(JudgeConfig.problems(self))
         if self.judge == "none" and self.implicit_reward == "off":
             out.append("judge: none with implicit_reward=off leaves nothing to evaluate")
-        for name in ("max_new_tokens", "num_samples", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            out.append(f"max_prompt_length: must be >= 1 (or unset), got {self.max_prompt_length}")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            out.append(f"max_prompts: must be >= 1 (or unset), got {self.max_prompts}")
-        if self.temperature < 0:
-            out.append(f"temperature: must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            out.append(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.num_samples > 1 and self.temperature == 0:
             out.append(
                 f"num_samples: {self.num_samples} greedy answers would be identical; "
                 "set temperature > 0 (e.g. 0.7) or num_samples=1"
             )
-        if self.bootstrap_samples < 2000:
-            out.append(f"bootstrap_samples: must be >= 2000, got {self.bootstrap_samples}")
-        if self.length_warning_ratio <= 1:
-            out.append(f"length_warning_ratio: must be > 1, got {self.length_warning_ratio}")
-        if self.beta is not None and self.beta <= 0:
-            out.append(f"beta: must be > 0, got {self.beta}")
-        if self.judge_timeout <= 0:
-            out.append(f"judge_timeout: must be > 0, got {self.judge_timeout}")
-        if self.judge_retries < 0 or self.judge_backoff < 0:
-            out.append("judge_retries / judge_backoff: must be >= 0")
         return out

@@ -57,23 +57,26 @@ class LossConfig:
     loss: str = opt("dpo", _loss_help)
     beta: float | None = opt(
         None, "inverse temperature β of the implicit reward; unset: the objective's own "
-        "default (0.1; simpo 2.0)"
+        "default (0.1; simpo 2.0)", gt=0
     )
     label_smoothing: float = opt(
-        0.0, "ε, the assumed rate of flipped labels: dpo becomes cDPO, robust needs it"
+        0.0, "ε, the assumed rate of flipped labels: dpo becomes cDPO, robust needs it",
+        ge=0, lt=0.5,
     )
     length_normalize: bool = opt(
         False, "average log-probs per token before the loss (dpo, ipo, ...); simpo, orpo and "
         "rrhf always do"
     )
-    gamma: float = opt(1.0, "simpo: target reward margin γ (Meng et al. 2024)")
-    orpo_lambda: float = opt(0.1, "orpo: weight λ of the odds-ratio term (Hong et al. 2024)")
+    gamma: float = opt(1.0, "simpo: target reward margin γ (Meng et al. 2024)", ge=0)
+    orpo_lambda: float = opt(
+        0.1, "orpo: weight λ of the odds-ratio term (Hong et al. 2024)", ge=0
+    )
     nll_weight: float = opt(
         0.0, "add this × the chosen completion's token-mean NLL to a pairwise loss (RPO, "
-        "Pang et al. 2024)"
+        "Pang et al. 2024)", ge=0
     )
-    kto_desirable_weight: float = opt(1.0, "kto: weight λD of desirable rows")
-    kto_undesirable_weight: float = opt(1.0, "kto: weight λU of undesirable rows")
+    kto_desirable_weight: float = opt(1.0, "kto: weight λD of desirable rows", gt=0)
+    kto_undesirable_weight: float = opt(1.0, "kto: weight λU of undesirable rows", gt=0)
     rank_pairs: Literal["all", "best_vs_rest", "best_vs_worst"] = opt(
         "all", "ranked data with a pairwise objective: which pairs each ranking gives"
     )
@@ -113,10 +116,14 @@ class LossConfig:
         return {**kwargs, "beta": self.resolved_beta()}
 
     def problems(self) -> list[str]:
-        """Value checks, including keys set for an objective that does not read them."""
+        """Value checks, including keys set for an objective that does not read them.
+
+        Each key's range (beta > 0, label_smoothing in [0, 0.5) ...) is declared on its field
+        and checked by ``tether.config.build_config``.
+        """
         if self.loss not in LOSSES:
             return [f"loss: unknown '{self.loss}'; valid: {', '.join(sorted(LOSSES))}"]
-        out = _range_problems(self)
+        out: list[str] = []
         spec, params = self.spec, inspect.signature(LOSSES[self.loss]).parameters
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key in ("beta", *_param_keys()):
@@ -135,21 +142,6 @@ class LossConfig:
             out.append(f"length_normalize: loss={self.loss} always averages log-probs per "
                        f"token; remove the key")
         return out
-
-
-def _range_problems(cfg: LossConfig) -> list[str]:
-    out = []
-    if cfg.beta is not None and cfg.beta <= 0:
-        out.append(f"beta: must be > 0, got {cfg.beta}")
-    if not 0 <= cfg.label_smoothing < 0.5:
-        out.append(f"label_smoothing: must be in [0, 0.5), got {cfg.label_smoothing}")
-    for key in ("gamma", "orpo_lambda", "nll_weight"):
-        if getattr(cfg, key) < 0:
-            out.append(f"{key}: must be >= 0, got {getattr(cfg, key)}")
-    for key in ("kto_desirable_weight", "kto_undesirable_weight"):
-        if getattr(cfg, key) <= 0:
-            out.append(f"{key}: must be > 0, got {getattr(cfg, key)}")
-    return out
 
 
 def loss_config(cfg: Any) -> LossConfig:

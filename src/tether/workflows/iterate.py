@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from tether.config import build_config
 from tether.eval.config import EvalConfig, JudgeConfig
-from tether.fields import Checked, opt
+from tether.fields import SEED_MAX, Checked, opt
 from tether.io import write_json
 
 __all__ = ["IterateConfig", "iterate"]
@@ -37,29 +37,28 @@ class IterateConfig(Checked, JudgeConfig):
     data: str = opt("", "prompts answered and judged every round")
     eval_data: str = opt("", "held-out prompts for the win-rate against the starting model")
     output_dir: str = opt("runs/iterate", "where the rounds go")
-    rounds: int = opt(2, "how many rounds")
+    rounds: int = opt(2, "how many rounds", ge=1)
     reference_mode: Literal["previous", "fixed"] = opt(
         "previous", "reference of each round: the previous round's model, or the starting one"
     )
-    num_answers: int = opt(4, "answers sampled per prompt")
-    temperature: float = opt(1.0, "sampling temperature for the answers")
-    max_new_tokens: int = opt(128, "tokens per answer (sampling and evaluation)")
+    num_answers: int = opt(4, "answers sampled per prompt", ge=2)
+    temperature: float = opt(1.0, "sampling temperature for the answers", gt=0)
+    max_new_tokens: int = opt(128, "tokens per answer (sampling and evaluation)", ge=1)
     pairing: Literal["best_vs_worst", "all"] = opt("best_vs_worst", "pairs per prompt")
     train: dict[str, Any] = opt(
         {}, "tether train keys for every round, e.g. train.lr=5e-6 train.epochs=2"
     )
-    seed: int = opt(0, "seed (round r samples with seed + r)")
-    batch_size: int = opt(8, "generation batch size")
+    seed: int = opt(0, "seed (round r samples with seed + r)", ge=0, le=SEED_MAX)
+    batch_size: int = opt(8, "generation batch size", ge=1)
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     cache_dir: str = opt("~/.cache/tether", "caches of reference log-probs and answers")
     progress: bool = opt(True, "show progress bars")
 
     def problems(self) -> list[str]:
         out = [f"{k}: required" for k in ("model", "data", "eval_data") if not getattr(self, k)]
-        if self.rounds < 1:
-            out.append(f"rounds: must be >= 1, got {self.rounds}")
-        if self.num_answers < 2:
-            out.append(f"num_answers: must be >= 2, got {self.num_answers}")
+        if 0 <= self.seed <= SEED_MAX < self.seed + self.rounds:  # round r samples seed + r
+            out.append(f"seed: seed + rounds must be <= {SEED_MAX}, got {self.seed} + "
+                       f"{self.rounds}")
         return [*out, *JudgeConfig.problems(self)]
 
 

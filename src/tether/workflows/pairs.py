@@ -24,7 +24,7 @@ from tether.data.records import load_preferences, load_prompts
 from tether.errors import DataError, JudgeError
 from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import JudgeItem, Verdict
-from tether.fields import Checked, opt
+from tether.fields import SEED_MAX, Checked, opt
 from tether.io import write_text
 
 __all__ = ["PairsConfig", "convert", "dedupe", "write_jsonl"]
@@ -45,18 +45,18 @@ class PairsConfig(Checked, JudgeConfig):
     field_map: dict[str, str] = opt({}, "rename input fields, e.g. field_map.chosen=output")
     prompt_template: str | None = opt(None, "build prompts from fields, e.g. alpaca")
     split: str = opt("train", "split of a saved/hub dataset")
-    max_prompts: int | None = opt(None, "use only the first N prompts (default: all)")
+    max_prompts: int | None = opt(None, "use only the first N prompts (default: all)", ge=1)
     # --- sample: k answers per prompt from a model, ranked by the judge
     model: str = opt("", "sample: the model that answers (e.g. the SFT model)")
-    num_answers: int = opt(4, "sample: answers per prompt (k >= 2)")
+    num_answers: int = opt(4, "sample: answers per prompt (k >= 2)", ge=2)
     pairing: Literal["best_vs_worst", "all"] = opt(
         "best_vs_worst", "sample: one pair per prompt, or every pair the judge ordered"
     )
-    max_new_tokens: int = opt(256, "sample: tokens per answer at most")
-    temperature: float = opt(1.0, "sample: sampling temperature (> 0)")
-    top_p: float = opt(1.0, "sample: nucleus sampling mass")
-    seed: int = opt(0, "sample: seed of the sampling")
-    batch_size: int = opt(8, "sample: prompts per generation batch")
+    max_new_tokens: int = opt(256, "sample: tokens per answer at most", ge=1)
+    temperature: float = opt(1.0, "sample: sampling temperature (> 0)", ge=0)
+    top_p: float = opt(1.0, "sample: nucleus sampling mass", gt=0, le=1)
+    seed: int = opt(0, "sample: seed of the sampling", ge=0, le=SEED_MAX)
+    batch_size: int = opt(8, "sample: prompts per generation batch", ge=1)
     chat_template: Literal["auto", "on", "off"] = opt("auto", "sample: use the chat template")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "model dtype")
@@ -79,8 +79,6 @@ class PairsConfig(Checked, JudgeConfig):
         if self.mode == "sample":
             if not self.model:
                 out.append("model: required for mode=sample (the model that answers)")
-            if self.num_answers < 2:
-                out.append(f"num_answers: must be >= 2, got {self.num_answers}")
             if self.temperature <= 0:
                 out.append(f"temperature: must be > 0 to sample different answers, "
                            f"got {self.temperature}")
@@ -88,9 +86,7 @@ class PairsConfig(Checked, JudgeConfig):
         if self.mode == "rewrite" and (self.judge != "openai" or not self.judge_url):
             out.append("judge: mode=rewrite needs judge=openai with judge_url and judge_model "
                        "(the model that rewrites)")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            out.append(f"max_prompts: must be >= 1 (or unset), got {self.max_prompts}")
-        return out
+        return out  # the numeric keys' ranges are declared on their fields
 
 
 def _key(row: dict[str, Any]) -> str:
