@@ -86,7 +86,11 @@ def discopop(
         loss = (1 − m)·(−log σ(ρ)) + m·exp(−ρ)
 
     A blend of the logistic (DPO) and exponential losses, the exponential one weighing more as
-    the margin grows. τ = ``discopop_tau`` = 0.05, the paper's value. Rewards: β·(π − r).
+    the margin grows. τ = ``discopop_tau`` = 0.05, the paper's value. The loss is not convex:
+    with τ = 0.05 it has a bump at ρ = 0, its slope positive for ρ in about (−0.12, 0.08), so
+    at policy == reference a pair's margin first moves *down* to the local minimum near
+    ρ ≈ −0.12 unless other pairs pull the policy past it (τ >= ~0.6 removes the bump).
+    Rewards: β·(π − r).
     """
     if discopop_tau <= 0:
         raise ConfigError(f"discopop_tau: must be > 0, got {discopop_tau}")
