@@ -6,7 +6,7 @@ Mixed Preference Optimization", arXiv 2411.10442) train on
     loss = w_p·L_dpo + w_q·L_bco_pair + w_g·L_sft,     (0.8, 0.2, 1.0) in the paper
 
 the preference, quality and generation terms. Any pairwise objectives mix the same way:
-``loss=mixture mixture=[dpo,bco_pair,sft] loss_weights=[0.8,0.2,1.0]``. ``LossConfig`` binds
+``loss=mixture mixture=dpo,bco_pair,sft loss_weights=0.8,0.2,1.0``. ``LossConfig`` binds
 each term to its own keys (β, ε, τ, ...) and hands the bound terms to ``mixture``, which stays
 a pure function of the log-probs.
 """
