@@ -4,6 +4,7 @@ nesting and alias bombs are one-line ConfigErrors, and ``tether train`` exits 2 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import re
@@ -21,14 +22,19 @@ from tether.demo.run import DemoConfig
 from tether.errors import ConfigError
 from tether.eval.config import EvalConfig, JudgeConfig
 from tether.fields import Bounds, deferred_checks, opt, range_problems
+from tether.losses import LOSSES
 from tether.losses.objective import LossConfig
 from tether.workflows.iterate import IterateConfig
 from tether.workflows.pairs import PairsConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 REQUIRED = ["model=m", "data=d.jsonl"]
-LOSS_FOR = {"gamma": "simpo", "orpo_lambda": "orpo", "kto_desirable_weight": "kto",
-            "kto_undesirable_weight": "kto"}
+# a key only some objectives read is tried with one that reads it (taken from the signatures)
+LOSS_FOR = {key: next(n for n, fn in LOSSES.items() if key in inspect.signature(fn).parameters)
+            for key in ("gamma", "orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight",
+                        "discopop_tau", "dpop_lambda", "rdpo_alpha")}
+EXTRA = {"loss_weights": {"loss": "mixture", "mixture": ["dpo"]},
+         "f_alpha": {"f_divergence": "alpha_divergence"}}
 CONFIGS = [TrainConfig, LossConfig, JudgeConfig, EvalConfig, PairsConfig, IterateConfig,
            DemoConfig]
 
@@ -64,7 +70,7 @@ def test_every_numeric_key_refuses_non_finite_and_huge_values(cls):
             value = [bad] if is_list else bad
             with pytest.raises(ConfigError) as err:  # with an objective that reads the key
                 build_config(cls, {name: value, **({"loss": LOSS_FOR[name]} if name in LOSS_FOR
-                                                   else {})})
+                                                   else {}), **EXTRA.get(name, {})})
             parts = [p for p in str(err.value).split("; ") if re.match(rf"(config: )?{name}: ", p)]
             assert len(parts) == 1, (name, bad, str(err.value))
             assert repr(bad) in parts[0], (name, parts[0])

@@ -21,6 +21,8 @@ import torch
 
 from tether.fields import opt
 from tether.losses.base import LOSS_SPECS, LOSSES, LossOutput, LossSpec, token_mean
+from tether.losses.fdivergence import F_DIVERGENCES
+from tether.losses.mixture import PAIR_TERMS, LossTerm
 
 __all__ = [
     "LossConfig",
@@ -34,7 +36,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-
 
 
 def _param_keys() -> list[str]:
@@ -83,6 +84,29 @@ class LossConfig:
     rank_weight_by_gap: bool = opt(
         False, "ranked data: weight each pair by its score gap over the row's score range"
     )
+    discopop_tau: float = opt(
+        0.05, "discopop: temperature τ of the log-ratio modulation", gt=0
+    )
+    dpop_lambda: float = opt(
+        50.0, "dpop: weight λ of the penalty max(0, log π_ref(y_w) − log πθ(y_w))", ge=0
+    )
+    rdpo_alpha: float = opt(
+        0.01, "rdpo: weight α of the length gap |y_w| − |y_l|", ge=0
+    )
+    f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = opt(
+        "reverse_kl", "f-DPO regulariser of margin objectives (dpo, robust, hinge, exo_pair, "
+        "discopop, sigmoid_norm); reverse_kl is DPO's own"
+    )
+    f_alpha: float = opt(
+        0.5, "alpha_divergence: α (TRL's f_alpha_divergence_coef; the paper's α is 1 − α)",
+        gt=0,
+    )
+    mixture: list[str] = opt(
+        [], "loss=mixture: the pairwise objectives to add up, e.g. [dpo, bco_pair, sft] (MPO)"
+    )
+    loss_weights: list[float] = opt(
+        [], "loss=mixture: one weight per objective in mixture (empty: all 1)", ge=0
+    )
 
     @property
     def spec(self) -> LossSpec:
@@ -99,7 +123,28 @@ class LossConfig:
         Called with the log-probs and the keyword arguments of ``takes`` (token counts ...)."""
         params = inspect.signature(LOSSES[self.loss]).parameters
         scalars = {k: v for k, v in self.loss_kwargs().items() if k in params}
+        if "loss_terms" in params:  # a mixture: its terms, each bound to its own keys
+            scalars["loss_terms"] = self.terms()
         return functools.partial(LOSSES[self.loss], **scalars)
+
+    def terms(self) -> list[LossTerm]:
+        """The terms of ``mixture`` with their weights, each bound like a loss of its own."""
+        weights = self.loss_weights or [1.0] * len(self.mixture)
+        out = []
+        for name, weight in zip(self.mixture, weights, strict=True):
+            if name in PAIR_TERMS:
+                fn: Callable[..., LossOutput] = PAIR_TERMS[name]
+            else:
+                term = replace(self, loss=name, mixture=[], loss_weights=[], nll_weight=0.0,
+                               length_normalize=False)
+                fn = functools.partial(pairwise_loss, term)
+            out.append(LossTerm(name, weight, fn))
+        return out
+
+    def used_keys(self) -> set[str]:
+        """The keys the objective reads: its signature's, and its terms' for a mixture."""
+        names = [self.loss, *[t for t in self.mixture if t in LOSSES and t not in PAIR_TERMS]]
+        return {p for n in names for p in inspect.signature(LOSSES[n]).parameters}
 
     @functools.cached_property
     def takes(self) -> frozenset[str]:
@@ -123,8 +168,8 @@ class LossConfig:
         """
         if self.loss not in LOSSES:
             return [f"loss: unknown '{self.loss}'; valid: {', '.join(sorted(LOSSES))}"]
-        out: list[str] = []
-        spec, params = self.spec, inspect.signature(LOSSES[self.loss]).parameters
+        out = _choice_problems(self) + _mixture_problems(self)
+        spec, params = self.spec, self.used_keys()
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key in ("beta", *_param_keys()):
             if getattr(self, key) != defaults[key] and key not in params:
@@ -142,6 +187,49 @@ class LossConfig:
             out.append(f"length_normalize: loss={self.loss} always averages log-probs per "
                        f"token; remove the key")
         return out
+
+
+def _choice_problems(cfg: LossConfig) -> list[str]:
+    """Checks beyond the declared numeric ranges: names and keys that go together."""
+    out = []
+    if cfg.f_divergence not in F_DIVERGENCES:
+        out.append(f"f_divergence: unknown '{cfg.f_divergence}'; valid: "
+                   f"{', '.join(F_DIVERGENCES)}")
+    if cfg.f_alpha != 0.5 and cfg.f_divergence != "alpha_divergence":
+        out.append("f_alpha: only alpha_divergence reads it; set f_divergence=alpha_divergence "
+                   "or remove f_alpha")
+    return out
+
+
+def _mixture_problems(cfg: LossConfig) -> list[str]:
+    """``mixture`` and ``loss_weights`` are set exactly when ``loss=mixture``, and name
+    distinct pairwise objectives with one non-negative weight each."""
+    if cfg.loss != "mixture":
+        if cfg.mixture or cfg.loss_weights:
+            return [f"mixture: loss={cfg.loss} is not a mixture; set loss=mixture or remove "
+                    f"mixture and loss_weights"]
+        return []
+    out = []
+    if not cfg.mixture:
+        out.append("mixture: loss=mixture needs the objectives to add, e.g. "
+                   "mixture=[dpo,bco_pair,sft]")
+    for name in cfg.mixture:
+        pairwise = name in LOSSES and LOSS_SPECS[name].data == "pairs" and name != "mixture"
+        if name not in PAIR_TERMS and not pairwise:
+            out.append(f"mixture: '{name}' is not a pairwise objective; valid: "
+                       f"{', '.join(sorted({*PAIR_TERMS, *_pairwise_names()}))}")
+    if len(set(cfg.mixture)) != len(cfg.mixture):
+        out.append(f"mixture: an objective is listed twice in {cfg.mixture}; merge the weights")
+    if cfg.loss_weights and len(cfg.loss_weights) != len(cfg.mixture):
+        out.append(f"loss_weights: {len(cfg.loss_weights)} weights for {len(cfg.mixture)} "
+                   f"objectives in mixture; give one each (or none: all 1)")
+    if any(w < 0 for w in cfg.loss_weights):
+        out.append(f"loss_weights: must be >= 0, got {cfg.loss_weights}")
+    return out
+
+
+def _pairwise_names() -> list[str]:
+    return [n for n, s in LOSS_SPECS.items() if s.data == "pairs" and n != "mixture"]
 
 
 def loss_config(cfg: Any) -> LossConfig:

@@ -1,7 +1,9 @@
 """Pairwise objectives against a reference model: dpo (and cDPO), robust, ipo, hinge.
 
 Each is a pure function of four ``(B,)`` log-prob tensors. With h = (πc − rc) − (πr − rr) they
-differ only in the function of β·h they minimise, which is what their docstrings show.
+differ only in the function of β·h they minimise, which is what their docstrings show. dpo,
+robust and hinge take an f-divergence (``f_divergence``, ``f_alpha``) that maps each log-ratio
+to its score before the margin is taken (f-DPO, ``tether.losses.fdivergence``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,11 @@ import torch.nn.functional as F
 
 from tether.errors import ConfigError
 from tether.losses.base import LossOutput, register, rewards
+from tether.losses.fdivergence import margin
 
 __all__ = ["dpo", "hinge", "ipo", "robust"]
 
 Tensor = torch.Tensor
-
-
-def _h(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> Tensor:
-    return (pc - rc) - (pr - rr)
 
 
 def _output(
@@ -36,6 +35,8 @@ def dpo(
     *,
     beta: float,
     label_smoothing: float = 0.0,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
 ) -> LossOutput:
     """DPO (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7); conservative DPO when ε > 0.
 
@@ -44,12 +45,14 @@ def dpo(
 
     ε = ``label_smoothing`` is the assumed probability that a pair's labels are flipped
     (Mitchell 2023, "A note on DPO with noisy preferences"); ε = 0 is the paper's loss.
-    Rewards: β·(π − r) of each completion.
+    ``f_divergence`` (f-DPO, ``tether.losses.fdivergence``) replaces each log-ratio in h by its
+    f-divergence score; ``reverse_kl`` is the paper's DPO. Rewards: β·(π − r) of each
+    completion (also under another f-divergence, as TRL logs them).
     """
     logps = (
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    h = _h(*logps)  # (B,)
+    h = margin(*logps, f_divergence, f_alpha)  # (B,)
     losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(
         -beta * h
     )
@@ -65,6 +68,8 @@ def robust(
     *,
     beta: float,
     label_smoothing: float = 0.0,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
 ) -> LossOutput:
     """Robust DPO, rDPO (Chowdhury, Kini & Natarajan 2024, arXiv 2403.00409).
 
@@ -84,7 +89,7 @@ def robust(
     logps = (
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    h = _h(*logps)  # (B,)
+    h = margin(*logps, f_divergence, f_alpha)  # (B,)
     eps = label_smoothing
     losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     return _output(losses, *logps, beta=beta)
@@ -116,7 +121,7 @@ def ipo(
     logps = (
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    h = _h(*logps)  # (B,)
+    h = margin(*logps)  # (B,)
     losses = (h - 1 / (2 * beta)) ** 2
     return _output(losses, *logps, beta=beta)
 
@@ -129,6 +134,8 @@ def hinge(
     reference_rejected_logps: Tensor,
     *,
     beta: float,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
 ) -> LossOutput:
     """Hinge loss of SLiC (Zhao et al. 2023, "SLiC-HF", arXiv 2305.10425) on the DPO margin.
 
@@ -142,6 +149,6 @@ def hinge(
     logps = (
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    h = _h(*logps)  # (B,)
+    h = margin(*logps, f_divergence, f_alpha)  # (B,)
     losses = torch.relu(1 - beta * h)
     return _output(losses, *logps, beta=beta)

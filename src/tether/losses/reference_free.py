@@ -1,4 +1,4 @@
-"""Objectives without a reference model: simpo, orpo and sft.
+"""Objectives without a reference model: simpo, orpo, simper and sft.
 
 They take log-probs summed over completion tokens plus the token counts and average per token
 themselves, because their papers define them on mean-token log-probs. The reference tensors of
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tether.losses.base import LossOutput, LossSpec, log1mexp, register, token_mean
 
-__all__ = ["log_odds", "orpo", "sft", "simpo"]
+__all__ = ["log_odds", "orpo", "sft", "simper", "simpo"]
 
 Tensor = torch.Tensor
 
@@ -106,3 +106,28 @@ def sft(policy_logps: Tensor, token_counts: Tensor) -> LossOutput:
     losses = -token_mean(policy_logps, token_counts)
     zeros = torch.zeros_like(policy_logps).detach()
     return LossOutput(losses, zeros, zeros)
+
+
+@register("simper", LossSpec(needs_reference=False, token_mean=True))
+def simper(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor | None = None,
+    reference_rejected_logps: Tensor | None = None,
+    *,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+) -> LossOutput:
+    """SimPER (Xiao et al. 2025, "SimPER: A Minimalist Approach to Preference Alignment without
+    Hyperparameters", arXiv 2502.00883): inverse perplexity, no reference, no hyperparameter.
+
+        loss = −exp(πc/|yc|) + exp(πr/|yr|)
+
+    exp of the mean-token log-prob is the completion's inverse perplexity, in (0, 1]; the loss
+    raises the chosen one's and lowers the rejected one's, each bounded, so neither is pushed
+    to ±∞ and no β or margin is needed. Rewards: the inverse perplexities.
+    """
+    inv_ppl_c = torch.exp(token_mean(policy_chosen_logps, chosen_lengths))  # (B,)
+    inv_ppl_r = torch.exp(token_mean(policy_rejected_logps, rejected_lengths))  # (B,)
+    losses = -inv_ppl_c + inv_ppl_r
+    return LossOutput(losses, inv_ppl_c.detach(), inv_ppl_r.detach())
