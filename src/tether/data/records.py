@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import DataError
+from tether.io import is_hub_id
 
 __all__ = [
     "DataReport",
@@ -106,14 +107,16 @@ def read_rows(path: str, split: str = "train") -> list[Row]:
             return _read_jsonl(p)
         if suffix == ".json":
             return _read_json(p)
-        if suffix in (".parquet", ".csv"):
-            return _read_with_datasets(p, suffix[1:])
+        if suffix == ".csv":
+            return _read_csv(p)
+        if suffix == ".parquet":
+            return _read_with_datasets(p, "parquet")
         raise DataError(
             f"{p}: unsupported file type '{suffix}'; expected .jsonl, .json, .parquet or .csv"
         )
     if p.is_dir():
         return _read_saved_dataset(p, split)
-    if p.suffix or path.startswith((".", "/", "~")) or (os.sep in path and path.count("/") > 1):
+    if path.startswith((".", "/", "~")) or not is_hub_id(path):
         raise DataError(f"{path}: file not found; pass a data file, a saved dataset or a hub id")
     return _read_hub(path, split)
 
@@ -165,12 +168,35 @@ def _read_json(p: Path) -> list[Row]:
     return rows
 
 
-def _dataset_rows(ds: Any, where: str, csv: bool = False) -> list[Row]:
-    # CSV rows are named by line (header = line 1, so row i is line i + 2); other sources by
-    # 0-based row index in brackets, as JSON lists are: "file:0" would read as a line number.
-    if csv:
-        return [Row(dict(r), f"{where}:{i + 2}") for i, r in enumerate(ds)]
+def _dataset_rows(ds: Any, where: str) -> list[Row]:
+    # rows named by 0-based row index in brackets, as JSON lists are: "file:0" would read as a
+    # line number
     return [Row(dict(r), f"{where}[{i}]") for i, r in enumerate(ds)]
+
+
+def _read_csv(p: Path) -> list[Row]:
+    """Every cell as text, as written: "4." stays "4." and a label column may mix true and 1
+    (a type-inferring reader turns "4." into 4.0 and refuses the mix). An empty cell is null.
+    Rows are named by the line they start on (a quoted cell may span lines)."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(_decode(p).removeprefix("\ufeff"), newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    rows, start = [], reader.line_num + 1
+    for cells in reader:
+        if cells and any(c.strip() for c in cells):
+            if len(cells) != len(header):
+                raise DataError(f"{p}:{start}: {len(cells)} cells, the header has "
+                                f"{len(header)}; quote cells that contain commas")
+            rows.append(Row({k: (v if v != "" else None) for k, v in zip(header, cells,
+                                                                        strict=True)},
+                            f"{p}:{start}"))
+        start = reader.line_num + 1
+    return rows
 
 
 def _read_with_datasets(p: Path, kind: str) -> list[Row]:
@@ -180,7 +206,7 @@ def _read_with_datasets(p: Path, kind: str) -> list[Row]:
         ds = datasets.load_dataset(kind, data_files=str(p), split="train")
     except Exception as e:  # datasets raises many types for unreadable files
         raise DataError(f"{p}: cannot read as {kind} ({type(e).__name__}: {e})") from None
-    return _dataset_rows(ds, str(p), csv=kind == "csv")
+    return _dataset_rows(ds, str(p))
 
 
 def _read_saved_dataset(p: Path, split: str) -> list[Row]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelError
+from tether.io import is_hub_id
 
 __all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "save_model"]
 
@@ -42,15 +42,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return _DTYPES[name]
-
-
-# A Hub repo id: "name" or "org/name" of letters, digits, "-", "_" and "." (dots are common:
-# Qwen/Qwen2.5-0.5B-Instruct), without ".." or "--" (the Hub's own rule).
-_HUB_ID = re.compile(r"^(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+$")
-
-
-def is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and "--" not in name
 
 
 def _exists_or_hub_id(name: str, what: str) -> None:
