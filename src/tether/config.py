@@ -47,6 +47,9 @@ class TrainConfig(Checked, LossConfig):
 
     # --- what to train, on what, where to write it
     model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
+    revision: str | None = opt(
+        None, "hub revision (branch, tag or commit) of a hub-id model and tokenizer"
+    )
     tokenizer: str | None = opt(None, "tokenizer path or hub id (default: the model's)")
     data: str = opt("", "training data: .jsonl/.json/.parquet/.csv, a saved dataset or a hub id")
     eval_data: str | None = opt(None, "held-out data in any format `data` accepts")
@@ -441,3 +444,22 @@ def config_markdown(cls: type) -> str:
             )
         )
     return "\n".join(lines)
+
+
+# Keys naming local files or directories, recorded absolute so that a run directory (its
+# config.yaml, its adapter's base model) works from any folder.
+_PATH_KEYS = ("model", "tokenizer", "reference_model", "data", "eval_data", "output_dir",
+              "cache_dir")
+
+
+def absolute_paths(cfg: C) -> C:
+    """``cfg`` with every relative local path made absolute (hub ids stay as they are)."""
+    changes = {}
+    for key in _PATH_KEYS:
+        value = getattr(cfg, key, None)
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        if key in ("output_dir", "cache_dir") or path.exists():
+            changes[key] = str(path.resolve())
+    return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]

@@ -1,4 +1,4 @@
-"""Files that are whole or absent: one atomic-write helper, and the one weight hasher.
+"""Files that are whole or absent (one atomic-write helper), the one weight hasher, hub ids.
 
 ``atomic_write`` writes to a temporary file beside the target, fsyncs it, renames it over the
 target and fsyncs the directory, so a crash (or a full disk) at any point leaves either the old
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_write", "fsync_dir", "tensors_sha256", "write_json", "write_text"]
+__all__ = [
+    "atomic_write", "fsync_dir", "is_hub_id", "tensors_sha256", "write_json", "write_text",
+]
+
+# A Hub repo id: "name" or "org/name" of letters, digits, "-", "_" and "." (dots are common:
+# Qwen/Qwen2.5-0.5B-Instruct), without ".." or "--" (the Hub's own rule).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` can name a model or dataset repository on the Hub."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and "--" not in name
 
 
 def fsync_dir(path: Path) -> None:

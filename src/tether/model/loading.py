@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelError
+from tether.io import is_hub_id
 
 __all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "save_model"]
 
@@ -44,22 +45,32 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _exists_or_hub_id(name: str, what: str) -> None:
-    p = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or p.suffix != "" or name.count("/") > 1
-    if looks_local and not p.exists():
+    """A path that does not exist is refused before the Hub is asked; a hub id goes on."""
+    if Path(name).expanduser().exists():
+        return
+    if name.startswith((".", "/", "~")) or not is_hub_id(name):
         raise ModelError(f"{what}: '{name}' does not exist; pass a model directory or a hub id")
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False, *, field: str = "tokenizer") -> Any:
+def _source(name: str) -> str:
+    """A local directory (``~`` expanded) or the hub id as given."""
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+def load_tokenizer(
+    name: str, trust_remote_code: bool = False, *, field: str = "tokenizer",
+    revision: str | None = None,
+) -> Any:
     """Load a tokenizer; one without a pad token gets EOS as pad (logged).
 
     ``field`` is the config key errors name: ``model`` when the tokenizer comes from the model.
+    ``revision``: a branch, tag or commit of a hub id.
     """
     _exists_or_hub_id(name, field)
     try:
         tok = AutoTokenizer.from_pretrained(
-            str(Path(name).expanduser()) if Path(name).expanduser().exists() else name,
-            trust_remote_code=trust_remote_code,
+            _source(name), trust_remote_code=trust_remote_code, revision=revision
         )
     except (OSError, ValueError) as e:
         first = str(e).splitlines()[0]
@@ -82,6 +93,7 @@ def load_model(
     trust_remote_code: bool = False,
     quantization_config: Any = None,
     empty: bool = False,
+    revision: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it).
 
@@ -90,9 +102,10 @@ def load_model(
     only, its parameters and buffers on the ``meta`` device (no memory, no weights read; FSDP
     ranks other than 0 get their shards from rank 0, see ``tether.training.distributed``)."""
     _exists_or_hub_id(name, "model")
-    path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    path = _source(name)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                            revision=revision)
         for key, value in config.to_dict().items():
             # attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, ...
             if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
@@ -107,7 +120,7 @@ def load_model(
         placement = {"quantization_config": quantization_config, "device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-            **(placement if quantization_config is not None else {}),
+            revision=revision, **(placement if quantization_config is not None else {}),
         )
     except (OSError, ValueError) as e:
         raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None

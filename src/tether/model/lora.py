@@ -75,7 +75,8 @@ def load_4bit(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> nn.
         bnb_4bit_compute_dtype=compute,
     )
     return load_model(cfg.model, dtype=compute, device=device,
-                      trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
+                      trust_remote_code=cfg.trust_remote_code, quantization_config=quant,
+                      revision=cfg.revision)
 
 
 def apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -193,7 +194,7 @@ def merge_adapter(cfg: TrainConfig, adapter: Path, out: Path, dtype: torch.dtype
     from peft import PeftModel
 
     base = load_model(cfg.model, dtype=dtype, device="cpu",
-                      trust_remote_code=cfg.trust_remote_code)
+                      trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()

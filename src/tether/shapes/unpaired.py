@@ -49,13 +49,13 @@ class TokenizedUnpaired(TokenizedPair):
 
 
 def _label(value: Any, source: str) -> bool:
-    """true/false, 1/0, or (CSV) the strings true/false."""
+    """true/false, 1/0, or (CSV, where every cell is text) the strings true/false/1/0."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
     raise DataError(
         f"{source}: field 'label' must be true or false (desirable or not), got {value!r}"
     )

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tether.config import TrainConfig
+from tether.config import TrainConfig, absolute_paths
 from tether.data.batching import micro_batches, step_batches
 from tether.data.tokenization import TokenizedPair
 from tether.errors import CheckpointError, TrainingError
@@ -324,6 +324,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _setup(cfg: TrainConfig) -> Setup:
+    cfg = absolute_paths(cfg)  # config.yaml and adapter configs work from any folder
     seed_everything(cfg.seed)
     loss, shape, kind = loss_config(cfg), shape_of(cfg.loss), reference_kind(cfg)
     dist, device = init_distributed(cfg.distributed, resolve_device(cfg.device))
@@ -331,14 +332,15 @@ def _setup(cfg: TrainConfig) -> Setup:
     autocast = _autocast(cfg.autocast, device, dtype)
     run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
-                               field="tokenizer" if cfg.tokenizer else "model")
+                               field="tokenizer" if cfg.tokenizer else "model",
+                               revision=None if cfg.tokenizer else cfg.revision)
     train_rows, eval_rows = _load_rows(cfg, shape, tokenizer, run)
     dist.check_rows(len(train_rows), cfg.batch_size * cfg.grad_accum)
     if cfg.load_in_4bit:
         policy = load_4bit(cfg, device, dtype)
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
-                            trust_remote_code=cfg.trust_remote_code,
+                            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
                             empty=dist.empty_model)  # FSDP: only rank 0 reads the weights
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
     reference = copy_before_wrapping(cfg, kind, policy, dist, device, autocast)
