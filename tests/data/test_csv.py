@@ -12,7 +12,7 @@ from tether.shapes.unpaired import load_unpaired
 def test_number_like_answers_stay_text(tmp_path):
     p = tmp_path / "pairs.csv"
     p.write_text('prompt,chosen,rejected\n2+2?,4.,5\n"a, b?","1,000",007\n')
-    records, report = load_preferences(str(p))
+    records, _ = load_preferences(str(p))
     assert [(r.prompt, r.chosen, r.rejected) for r in records] == [
         ("2+2?", "4.", "5"), ("a, b?", "1,000", "007")]
     assert [r.source for r in records] == [f"{p}:2", f"{p}:3"]

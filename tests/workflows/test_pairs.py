@@ -13,6 +13,7 @@ from conftest import make_pairs, write_jsonl
 from tether.config import build_config
 from tether.errors import ConfigError, DataError
 from tether.eval.rules import shorter
+from tether.model.tiny import tiny_llama
 from tether.workflows.pairs import PairsConfig, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
@@ -80,6 +81,25 @@ def test_sample_ranks_answers_with_the_judge(tmp_path, llama_dir):
     every = _read(tmp_path / "sampled.jsonl")
     assert len(every) >= len(rows)
     assert all(shorter(r["prompt"], r["chosen"], r["rejected"], None) == "A" for r in every)
+
+
+def test_sample_writes_one_format_per_file(tmp_path, chat_tokenizer):
+    """Conversational prompts give conversational rows throughout (TRL's apply_chat_template
+    raised on rows mixing message lists and strings), even with a plain prompt among them."""
+    model_dir = tmp_path / "chat"
+    tiny_llama(chat_tokenizer, hidden=32, layers=1, heads=2, kv_heads=1).save_pretrained(model_dir)
+    chat_tokenizer.save_pretrained(model_dir)
+    rows_in = [{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in make_pairs(5)]
+    rows_in.append({"prompt": "the cat sat ?"})
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows_in)
+    run(_sample_cfg(tmp_path, model_dir, prompts, pairing="all", temperature=1.5))
+    rows = _read(tmp_path / "sampled.jsonl")
+    assert rows
+    for r in rows:
+        assert all(isinstance(r[k], list) for k in ("prompt", "chosen", "rejected"))
+        assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
+        for side in ("chosen", "rejected"):  # renders as TRL would render it
+            chat_tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=False)
 
 
 def test_sample_cuts_prompts_to_the_context_window(tmp_path, tokenizer):

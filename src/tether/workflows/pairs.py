@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tether.data.records import load_preferences, load_prompts
+from tether.data.records import Text, load_preferences, load_prompts
 from tether.errors import DataError, JudgeError
 from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import JudgeItem, Verdict
@@ -189,13 +189,16 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     verdicts = judge.judge_many(items) if items else []
     beats = _combine_orders(where, verdicts)
     rows, no_difference = [], 0
+    # One format per file, as TRL reads it: all conversational when any prompt is messages
+    # (answers become assistant turns), else all plain text.
+    conversational = any(isinstance(p.prompt, list) for p in prompts)
     for i, options in enumerate(answers):
         found = _pairs_for(options, beats.get(i, {}), cfg.pairing)
         if not found:
             no_difference += 1
         for best, worst, scores in found:
-            rows.append({"prompt": prompts[i].prompt, "chosen": options[best],
-                         "rejected": options[worst], "source": prompts[i].source,
+            rows.append({**_texts(prompts[i].prompt, options[best], options[worst],
+                                  conversational), "source": prompts[i].source,
                          "provenance": "sample", "model": cfg.model, "judge": judge.identity,
                          "scores": {"chosen": scores[best], "rejected": scores[worst]}})
     rows, duplicates = dedupe(rows)
@@ -206,6 +209,15 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     return {"prompts": len(prompts), "prompts_truncated": truncated,
             "no_difference": no_difference,
             "duplicates_dropped": duplicates, "judge_calls": len(items), "written": n}
+
+
+def _texts(prompt: Text, chosen: str, rejected: str, conversational: bool) -> dict[str, Text]:
+    """prompt/chosen/rejected in the file's one format (TRL's standard or conversational)."""
+    if not conversational:
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return {"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
 
 
 def _combine_orders(
