@@ -215,3 +215,22 @@ def test_reference_model_other_than_the_start(llama_dir, gpt2_dir, pairs_file, t
     assert abs(first["loss"] - math.log(2)) > 1e-3
     assert abs(first["rewards/chosen"]) > 1e-3
     assert first["loss"] == pytest.approx(runs["copy"]["loss"], abs=1e-5)
+
+
+def test_eval_every_logs_each_evaluation_once(llama_dir, pairs_file, tmp_path):
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", make_pairs(4, seed=9))
+    run = train(train_config(tmp_path, model=str(llama_dir), data=str(pairs_file),
+                             eval_data=str(eval_file), max_steps=4, eval_every=2))
+    eval_steps = [r["step"] for r in read_metrics(run) if "eval/loss" in r]
+    assert eval_steps == [2, 4]  # the last step's evaluation is not logged a second time
+    train_rows = [r for r in read_metrics(run) if "loss" in r]
+    assert all(r["tokens_per_s"] > 0 for r in train_rows)
+
+
+def test_sft_progress_bar_shows_no_accuracy(llama_dir, tmp_path, capsys):
+    rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_pairs(4)]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    sft(train_config(tmp_path, model=str(llama_dir), data=str(data), max_steps=2,
+                     progress=True))
+    err = capsys.readouterr().err
+    assert "loss=" in err and "acc" not in err  # SFT has no reward accuracy to show

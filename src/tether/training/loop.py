@@ -137,6 +137,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     lengths = [r.length for r in s.train_rows]
     window: dict[str, float] = defaultdict(float)  # metric sums since the last log line
     t_start, tokens_at_start = time.perf_counter(), st.tokens
+    eval_seconds = 0.0  # spent evaluating: not part of the training throughput
     bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss,
                disable=not cfg.progress or not s.dist.main)
     policy.train()
@@ -178,15 +179,18 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
                 row = _log_row(window, st, lr)
-                elapsed = time.perf_counter() - t_start
+                elapsed = time.perf_counter() - t_start - eval_seconds  # training time only
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
                 st.metrics_lines += 1
-                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "rewards/accuracies")
+                                 if row.get(k) is not None})  # SFT has no accuracy
                 window.clear()
-            if s.eval_rows and cfg.eval_every and st.step % cfg.eval_every == 0:
+            if s.eval_rows and _eval_due(cfg, st.step):
+                t_eval = time.perf_counter()
                 s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
                 st.metrics_lines += 1
+                eval_seconds += time.perf_counter() - t_eval
             stopping = s.dist.any(stop.requested)  # all ranks stop at the same step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stopping:
                 _checkpoint(s)
@@ -200,11 +204,15 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
         st.epoch += 1
         st.step_in_epoch = 0
     bar.close()
-    if s.eval_rows:
+    if s.eval_rows and not _eval_due(cfg, st.step):  # else the last step just evaluated
         final = {"step": st.step, **evaluate_pairs(s)}
         s.run.log_metrics(final)
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
     return True
+
+
+def _eval_due(cfg: TrainConfig, step: int) -> bool:
+    return bool(cfg.eval_every) and step % cfg.eval_every == 0
 
 
 def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
