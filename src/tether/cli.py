@@ -26,6 +26,7 @@ _HELP = {
     "eval": "win-rate of the trained model against its reference",
     "label": "a local web page where people judge answers side by side",
     "demo": "the whole method end to end on a tiny model, offline, minutes",
+    "inspect": "a report on a preference file before training: lengths, bias, duplicates",
 }
 COMMANDS: dict[str, tuple[str, str]] = {
     name: (f"tether.commands.{name}", text) for name, text in _HELP.items()

@@ -75,6 +75,7 @@ class DataReport:
     identical_dropped: int = 0
     format: str = ""
     notes: list[str] = field(default_factory=list)
+    identical_sources: list[str] = field(default_factory=list)  # file:line of each dropped
 
     def summary(self) -> str:
         s = f"{self.path}: {self.rows} rows, {self.kept} kept ({self.format})"
@@ -257,6 +258,7 @@ def load_preferences(
             prompt = _check_text(data["prompt"], "prompt", row.source)
         if chosen == rejected:
             report.identical_dropped += 1
+            report.identical_sources.append(row.source)
             continue
         records.append(PreferenceRecord(prompt, chosen, rejected, row.source))
     report.kept = len(records)

@@ -1,0 +1,1 @@
+"""Insight into data and runs: tether inspect (and, later, sweeps and drift)."""
