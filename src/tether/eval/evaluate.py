@@ -259,6 +259,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 _NO_JUDGE: dict[str, Any] = {
     "win_rate": None, "ci95": [None, None], "wilson95": [None, None], "wins": 0, "ties": 0,
     "losses": 0, "unparsed": 0, "n": 0, "pairs": 0, "lc_win_rate": None, "lc_ci95": [None, None],
+    "sc_win_rate": None, "sc_ci95": [None, None], "groups": {}, "regressed_groups": [],
     "order_flip_rate": None, "lengths": None, "judge": None, "template_hash": None,
 }
 
@@ -319,6 +320,10 @@ def _warnings(results: dict[str, Any]) -> list[str]:
     length_warning = (results.get("lengths") or {}).get("warning")
     if length_warning:
         out.append(length_warning)
+    for g in results.get("regressed_groups") or []:
+        v = results["groups"][g]
+        out.append(f"group '{g}' regressed: win-rate {v['win_rate']:.1%} with its whole 95% "
+                   f"interval below 50% (n={v['n']})")
     if results["unparsed"]:
         first = (results.get("unparsed_examples") or [""])[0]
         out.append(

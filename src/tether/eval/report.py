@@ -95,6 +95,8 @@ def write_report(
             f"(bootstrap over prompts, {r['bootstrap_samples']} resamples) |",
             f"| length-controlled win-rate | {_pct(r['lc_win_rate'])} | "
             f"{_interval(r['lc_ci95'])} |",
+            f"| style-controlled win-rate | {_pct(r.get('sc_win_rate'))} | "
+            f"{_interval(r.get('sc_ci95') or [None, None])} (length and markdown held equal) |",
             f"| wins among decisive pairs | {_pct(r['decisive_win_rate'])} | "
             f"{_interval(r['wilson95'])} (Wilson) |",
             "",
@@ -103,6 +105,11 @@ def write_report(
             f"{r['num_samples']} samples.",
             "",
         ]
+        if r.get("groups"):
+            out += ["| group | win-rate | 95% interval | n |", "|---|---|---|---|"]
+            out += [f"| {g}{' **regression**' if v['regression'] else ''} | "
+                    f"{_pct(v['win_rate'])} | {_interval(v['ci95'])} | {v['n']} |"
+                    for g, v in r["groups"].items()] + [""]
         if r.get("order_flip_rate") is not None:
             out += [
                 f"Order bias: the verdict changed with the display order on "

@@ -17,9 +17,10 @@ Intervals:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -254,3 +255,87 @@ def order_agreement(pairs: Sequence[tuple[str, str]]) -> dict:
         "first_position_rate": first / decisive if decisive else None,
         "n_both_orders": len(parsed),
     }
+
+
+# Markdown features of style control (Arena-Hard's "style control", Li et al. 2024): what a
+# judge may reward besides the content. Each is a count per answer.
+STYLE_FEATURES = {
+    "length": None,  # tokens, given by the caller
+    "headers": re.compile(r"^\s{0,3}#{1,6}\s", re.M),
+    "list_items": re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.M),
+    "bold": re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__"),
+    "code_blocks": re.compile(r"^\s*```", re.M),
+}
+
+
+def style_counts(text: str, tokens: float) -> dict[str, float]:
+    out = {"length": float(tokens)}
+    for name, pattern in STYLE_FEATURES.items():
+        if pattern is not None:
+            n = len(pattern.findall(text))
+            out[name] = float(n // 2 if name == "code_blocks" else n)  # fences open and close
+    return out
+
+
+@dataclass(frozen=True)
+class StyleControl:
+    """Win-rate at zero style difference, and each feature's coefficient."""
+
+    win_rate: float
+    ci95: tuple[float, float]
+    coefficients: dict[str, float]  # log-odds per standard deviation of the feature difference
+
+
+def style_controlled_win_rate(
+    scores: Sequence[float],
+    policy_style: Sequence[dict[str, float]],
+    reference_style: Sequence[dict[str, float]],
+    groups: Sequence[int],
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> StyleControl:
+    """σ(a) of logit P(policy preferred) = a + Σ_k b_k·d_k, d_k the normalised difference
+    (f_policy − f_reference) / (f_policy + f_reference) of feature k (0 when both are 0),
+    scaled to unit standard deviation. Features that never differ are left out. As
+    ``length_controlled_win_rate``, with markdown features beside the length."""
+    y = np.asarray(scores, dtype=np.float64)
+    if y.size == 0:
+        return StyleControl(math.nan, (math.nan, math.nan), {})
+    cols, names = [np.ones_like(y)], []
+    for name in STYLE_FEATURES:
+        p = np.asarray([s[name] for s in policy_style], dtype=np.float64)
+        r = np.asarray([s[name] for s in reference_style], dtype=np.float64)
+        total = p + r
+        d = np.divide(p - r, total, out=np.zeros_like(total), where=total > 0)
+        sd = float(d.std())
+        if sd > 0:
+            cols.append(d / sd)
+            names.append(name)
+    x = np.stack(cols, axis=1)  # (N, 1 + K)
+    theta = fit_logistic(x, y, np.ones((1, y.size)))[0]
+    counts, index = resample_weights(groups, n_resamples, seed)
+    boot = [
+        sigmoid(fit_logistic(x, y, chunk[:, index])[:, 0])
+        for chunk in np.array_split(counts, max(1, math.ceil(n_resamples / _CHUNK)))
+    ]
+    return StyleControl(
+        win_rate=float(sigmoid(theta[:1])[0]),
+        ci95=_percentile_interval(np.concatenate(boot)),
+        coefficients={n: float(t) for n, t in zip(names, theta[1:], strict=True)},
+    )
+
+
+def group_win_rates(
+    scores: Sequence[float], groups: Sequence[int], labels: Sequence[str],
+    n_resamples: int = 2000, seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Win-rate and its bootstrap interval per label (a ``group`` field of the data); a label
+    whose whole interval lies below 0.5 is flagged as a regression."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in sorted(set(labels)):
+        idx = [k for k, lab in enumerate(labels) if lab == label]
+        s = [scores[k] for k in idx]
+        ci = bootstrap_win_rate(s, [groups[k] for k in idx], n_resamples, seed)
+        out[label] = {"win_rate": float(np.mean(s)), "ci95": list(ci), "n": len(s),
+                      "regression": bool(ci[1] < 0.5)}
+    return out

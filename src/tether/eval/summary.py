@@ -13,9 +13,12 @@ from tether.eval.stats import (
     SCORES,
     bootstrap_win_rate,
     count_outcomes,
+    group_win_rates,
     length_controlled_win_rate,
     length_summary,
     order_agreement,
+    style_controlled_win_rate,
+    style_counts,
     wilson_interval,
     win_rate,
 )
@@ -65,6 +68,17 @@ def win_rate_results(
         bootstrap_samples,
         seed,
     )
+    sc = style_controlled_win_rate(
+        scores,
+        [style_counts(policy[k].text, policy[k].tokens) for k in parsed],
+        [style_counts(reference[k].text, reference[k].tokens) for k in parsed],
+        groups,
+        bootstrap_samples,
+        seed,
+    )
+    labels = [str((judged[k].pair.row or {}).get("group", "")) for k in parsed]
+    by_group = group_win_rates(scores, groups, labels, bootstrap_samples, seed) \
+        if any(labels) else {}
     both = [
         tuple(outcome_of(c.order, c.verdict.winner) for c in j.calls)
         for j in judged
@@ -87,6 +101,11 @@ def win_rate_results(
         "lc_win_rate": lc.win_rate,
         "lc_ci95": list(lc.ci95),
         "lc_slope": lc.slope,
+        "sc_win_rate": sc.win_rate,
+        "sc_ci95": list(sc.ci95),
+        "sc_coefficients": sc.coefficients,
+        "groups": by_group,
+        "regressed_groups": sorted(g for g, v in by_group.items() if v["regression"]),
         **order_agreement(both),  # type: ignore[arg-type]
         "lengths": length_summary(
             [g.tokens for g in policy], [g.tokens for g in reference], length_warning_ratio
