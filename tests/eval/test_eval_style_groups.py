@@ -47,3 +47,22 @@ def test_group_regressions_are_flagged_only_where_the_interval_is_below_half():
     assert out["bad"]["regression"] and out["bad"]["win_rate"] == 0.0
     assert not out["good"]["regression"] and not out["even"]["regression"]
     assert out["even"]["win_rate"] == 0.5 and out["even"]["n"] == 20
+
+
+def test_lost_capabilities_list_what_the_reference_got_right_and_the_policy_lost():
+    from tether.eval.evaluate import _lost_capabilities
+    from tether.eval.judges.rule import RuleJudge
+    from tether.eval.judging import Pair, PairJudgment
+
+    judge = RuleJudge("tether.eval.rules:exact_answer")
+    rows = [("Capital of Chile?", "Happy to help. It is San.", "Santiago", "Santiago"),
+            ("2+2?", "4", "4", "4"),
+            ("Capital of Peru?", "Lima", "Cusco", "Lima"),       # gained, not lost
+            ("Capital of Chad?", "no idea", "no clue", "N'Djamena")]  # neither right
+    judged = [PairJudgment(Pair(k, k, q, pol, ref, {"answer": truth}), "loss", None)
+              for k, (q, pol, ref, truth) in enumerate(rows)]
+    out = _lost_capabilities(judge, judged)
+    assert out == {"reference_correct": 2, "lost": 1, "examples": [
+        {"prompt": "Capital of Chile?", "policy": "Happy to help. It is San.",
+         "reference": "Santiago"}]}
+    assert _lost_capabilities(RuleJudge("tether.eval.rules:shorter"), judged) is None  # compares

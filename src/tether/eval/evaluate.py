@@ -260,6 +260,7 @@ _NO_JUDGE: dict[str, Any] = {
     "win_rate": None, "ci95": [None, None], "wilson95": [None, None], "wins": 0, "ties": 0,
     "losses": 0, "unparsed": 0, "n": 0, "pairs": 0, "lc_win_rate": None, "lc_ci95": [None, None],
     "sc_win_rate": None, "sc_ci95": [None, None], "groups": {}, "regressed_groups": [],
+    "lost_capabilities": None,
     "order_flip_rate": None, "lengths": None, "judge": None, "template_hash": None,
 }
 
@@ -281,12 +282,33 @@ def _win_rate(
         bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
         length_warning_ratio=cfg.length_warning_ratio,
     )
+    results["lost_capabilities"] = _lost_capabilities(judge, judged)
     template_hash = str(getattr(judge, "template_hash", ""))
     results["judge"] = judge.identity
     results["template_hash"] = template_hash or None
     results["warnings"] = _warnings(results)
     lines = judgment_lines(judged, policy.generations, judge.identity, template_hash)
     return results, lines, judged
+
+
+def _lost_capabilities(judge: Any, judged: Sequence[PairJudgment]) -> dict[str, Any] | None:
+    """With a scoring rule (a ground truth: 1 = correct), the prompts the reference answered
+    correctly and the policy did not: what preference training cost (DPO shapes preferences,
+    it does not teach skills). None for judges that do not score single answers."""
+    score = getattr(judge, "score", None)
+    if not callable(score) or getattr(judge, "arity", 3) == 4:
+        return None
+    lost, right = [], 0
+    for j in judged:
+        p = j.pair
+        ref_score = score(p.prompt, p.reference, p.row)
+        if ref_score is None or ref_score < 0.5:
+            continue
+        right += 1
+        policy_score = score(p.prompt, p.policy, p.row)
+        if policy_score is not None and policy_score < 0.5:
+            lost.append({"prompt": p.prompt, "policy": p.policy, "reference": p.reference})
+    return {"reference_correct": right, "lost": len(lost), "examples": lost[:20]}
 
 
 def _judge(cfg: EvalConfig, judge: Any, prompts: Sequence[PromptRecord],
@@ -320,6 +342,12 @@ def _warnings(results: dict[str, Any]) -> list[str]:
     length_warning = (results.get("lengths") or {}).get("warning")
     if length_warning:
         out.append(length_warning)
+    lost = results.get("lost_capabilities") or {}
+    if lost.get("lost"):
+        first = lost["examples"][0]
+        out.append(f"{lost['lost']} of {lost['reference_correct']} prompts the reference answered "
+                   f"correctly are wrong for the policy (lost capabilities), e.g. "
+                   f"{first['prompt'][:60]!r}: {first['policy'][:60]!r}")
     for g in results.get("regressed_groups") or []:
         v = results["groups"][g]
         out.append(f"group '{g}' regressed: win-rate {v['win_rate']:.1%} with its whole 95% "

@@ -151,6 +151,16 @@ class RuleJudge:
     def judge_many(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         return [self(i.prompt, i.answer_a, i.answer_b, i.row) for i in items]
 
+    def score(self, prompt: str, answer: str, row: dict | None = None) -> float | None:
+        """One answer's score under a scoring rule (None for a comparing rule or a failure):
+        with a ground-truth rule, 1 means correct, which lets eval list lost capabilities."""
+        if self.arity == 4:
+            return None
+        try:
+            return _as_score(self.fn(prompt, answer, row, **self.args))
+        except Exception:
+            return None
+
 
 @register_judge("rule", requires={"judge_rule": ", e.g. tether.eval.rules:exact_answer"})
 def _build(cfg: JudgeConfig, memo_dir: Path | None) -> RuleJudge:
