@@ -112,6 +112,10 @@ class TrainConfig(Checked, LossConfig):
     )
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     trust_remote_code: bool = opt(False, "allow model code from the hub (off unless you ask)")
+    attn_implementation: str | None = opt(
+        None, "attention kernel passed to from_pretrained: sdpa, eager, flash_attention_2, ... "
+        "(default: transformers' choice)"
+    )
 
     # --- speed and memory (each lever is measured in bench/README.md)
     prefix_sharing: bool = opt(
@@ -154,7 +158,13 @@ class TrainConfig(Checked, LossConfig):
         0.0, "dropout on the LoRA input; keep 0: a random mask biases DPO's log-ratio", ge=0, lt=1
     )
     lora_target_modules: list[str] = opt(
-        [], "module names to adapt, e.g. q_proj,v_proj (empty: every linear layer but the head)"
+        [], "module names to adapt, e.g. q_proj,v_proj (empty or all-linear: every linear "
+        "layer but the head)"
+    )
+    lora_use_dora: bool = opt(False, "DoRA: weight-decomposed LoRA (Liu et al. 2024)")
+    lora_use_rslora: bool = opt(False, "rsLoRA: scale by alpha / sqrt(r) (Kalajdzievski 2023)")
+    lora_modules_to_save: list[str] = opt(
+        [], "modules trained in full beside the adapters, e.g. embed_tokens (not lm_head)"
     )
     lora_adapter: str | None = opt(
         None, "existing PEFT adapter to start from (it is also the reference, frozen)"
@@ -196,7 +206,9 @@ def _scale_problems(cfg: TrainConfig) -> list[str]:
     """Checks of the ``# --- scale`` keys."""
     out = []
     if not cfg.lora:
-        given = {k: getattr(cfg, k) for k in ("lora_adapter", "merge", "load_in_4bit")}
+        given = {k: getattr(cfg, k) for k in ("lora_adapter", "merge", "load_in_4bit",
+                                             "lora_use_dora", "lora_use_rslora",
+                                             "lora_modules_to_save")}
         set_keys = [f"{k}={'true' if v is True else v}" for k, v in given.items() if v]
         set_keys += ["reference=lora"] if cfg.reference == "lora" else []
         out += [f"{k.split('=')[0]}: {k} works on LoRA adapters; add lora=true" for k in set_keys]

@@ -94,6 +94,7 @@ def load_model(
     quantization_config: Any = None,
     empty: bool = False,
     revision: str | None = None,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM in ``dtype`` with every dropout set to 0 (DPO's log-ratios need it).
 
@@ -113,14 +114,18 @@ def load_model(
         if empty:
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(
-                    config, dtype=dtype, trust_remote_code=trust_remote_code
+                    config, dtype=dtype, trust_remote_code=trust_remote_code,
+                    **({"attn_implementation": attn_implementation} if attn_implementation
+                       else {}),
                 )
             disable_dropout(model)
             return model
         placement = {"quantization_config": quantization_config, "device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-            revision=revision, **(placement if quantization_config is not None else {}),
+            revision=revision,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+            **(placement if quantization_config is not None else {}),
         )
     except (OSError, ValueError) as e:
         raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None

@@ -114,15 +114,19 @@ def _with_adapters(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         log.info("LoRA: starting from adapter %s (its own r/alpha/targets; the lora_* keys are "
                  "not used)", path)
     else:
-        targets = cfg.lora_target_modules or "all-linear"
-        if "lm_head" in targets:
-            raise ConfigError(
-                "lora_target_modules: the LM head cannot be adapted (the chunked log-prob path "
-                "reads its weight directly); leave lm_head out"
-            )
+        given = [t for t in cfg.lora_target_modules if t != "all-linear"]
+        targets: str | list[str] = given or "all-linear"
+        for key, names in (("lora_target_modules", given),
+                           ("lora_modules_to_save", cfg.lora_modules_to_save)):
+            if "lm_head" in names:
+                raise ConfigError(
+                    f"{key}: the LM head cannot be adapted or trained in full here (the chunked "
+                    "log-prob path reads its weight directly); leave lm_head out"
+                )
         config = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=targets, task_type="CAUSAL_LM",
+            target_modules=targets, task_type="CAUSAL_LM", use_dora=cfg.lora_use_dora,
+            use_rslora=cfg.lora_use_rslora, modules_to_save=cfg.lora_modules_to_save or None,
         )
         try:
             model = get_peft_model(model, config)

@@ -349,6 +349,7 @@ def _setup(cfg: TrainConfig) -> Setup:
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
                             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                            attn_implementation=cfg.attn_implementation,
                             empty=dist.empty_model)  # FSDP: only rank 0 reads the weights
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
     reference = copy_before_wrapping(cfg, kind, policy, dist, device, autocast)
