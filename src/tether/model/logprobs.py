@@ -242,11 +242,15 @@ def sequence_logps(
     model: nn.Module,
     input_ids: Tensor,  # (B, T)
     attention_mask: Tensor,  # (B, T)
-    completion_mask: Tensor,  # (B, T) 1 on completion tokens (the targets)
+    completion_mask: Tensor,  # (B, T) 1 on completion tokens (the targets), or their weights
     chunk: int = 1024,
     position_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Sum of completion-token log-probs ``(B,)`` fp32, and completion token counts ``(B,)``."""
+    """Sum of completion-token log-probs ``(B,)`` fp32, and completion token counts ``(B,)``.
+
+    A floating-point ``completion_mask`` holds per-token weights (LD-DPO's, from
+    ``tether.losses.weighting.ld_token_weights``): the sums are Σ weight × log-prob over the
+    tokens whose weight is not 0, and the counts count those tokens."""
     body, head = split_head(model)
     transform = head_transform(model)
     hidden = body(
@@ -254,10 +258,12 @@ def sequence_logps(
         use_cache=False,
     ).last_hidden_state  # (B, T, H)
     # Position t-1 predicts token t: select the hidden states before each completion token.
-    target_mask = completion_mask[:, 1:].bool()  # (B, T-1)
+    target_mask = completion_mask[:, 1:] != 0  # (B, T-1)
     h = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
     token_logps = head_logps(head, h, targets, chunk, transform=transform)  # (N,) fp32
+    if completion_mask.is_floating_point():  # per-token weights (LD-DPO)
+        token_logps = token_logps * completion_mask[:, 1:][target_mask].float()  # (N,)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(
         target_mask
     )[target_mask]  # (N,) which sequence each token belongs to

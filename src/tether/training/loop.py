@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from tether.model.lora import apply_lora, load_4bit, save_lora
 from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
+from tether.shapes.pairs import token_weighting
 from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.training.distributed import (
     Dist,
@@ -57,6 +59,7 @@ from tether.training.reference import (
     copy_before_wrapping,
     data_fingerprint,
     reference_kind,
+    synced_reference,
 )
 from tether.training.run_dir import RunDir, open_run_dir
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
@@ -90,6 +93,8 @@ class Setup:
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
     prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
     grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
+    after_step: Callable[[int], None]  # TR-DPO moves the reference (no-op otherwise)
+    weigh_tokens: Callable[[Batch], Batch]  # LD-DPO's per-token weights (identity otherwise)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -171,6 +176,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             st.step += 1
+            s.after_step(st.step)
             st.step_in_epoch += 1
             window["grad_norm"] += grad_norm
             window["steps"] += 1
@@ -209,6 +215,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
 
 def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
     """Policy log-probs -> reference log-probs -> the data shape's loss and statistics."""
+    batch = s.weigh_tokens(batch)
     if isinstance(batch, SharedPrefixBatch):  # one process only: no wrapper to go through
         logps, counts = batch_logps(s.policy, batch, s.cfg.logprob_chunk)
     else:
@@ -350,6 +357,8 @@ def _setup(cfg: TrainConfig) -> Setup:
         reference = build_reference(cfg, kind, policy, scorer, dist, splits,
                                     pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
                                     autocast=autocast)
+    reference, after_step = synced_reference(reference, policy, cfg.ref_model_sync_steps,
+                                             cfg.ref_model_mixup_alpha)
     apply_levers(cfg, policy)  # after the reference pass, which needs neither
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
@@ -367,7 +376,7 @@ def _setup(cfg: TrainConfig) -> Setup:
     return Setup(cfg, loss, shape, run, device, autocast, tokenizer, policy, reference,
                  train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
                  scorer, _shares_prefix(cfg, shape, kind, dist),
-                 GradSync(scorer, defer_fsdp=cfg.lora))
+                 GradSync(scorer, defer_fsdp=cfg.lora), after_step, token_weighting(loss))
 
 
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
