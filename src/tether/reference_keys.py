@@ -1,5 +1,5 @@
 """Config checks of the keys that decide how the reference is scored: LD-DPO's ``ld_alpha``,
-TR-DPO's ``ref_model_sync_steps`` and ``ref_model_mixup_alpha``, WPO's ``use_weighting``.
+TR-DPO's ``ref_model_sync_steps`` and ``ref_model_mixup_alpha``.
 
 They read loss and reference keys together, so they live beside ``TrainConfig`` rather than in
 ``LossConfig``.
@@ -18,9 +18,6 @@ def reference_problems(cfg: Any) -> list[str]:
     """TR-DPO updates an in-memory copy of the policy: no table, adapters or shards to update.
     LD-DPO's weighted reference sums are scored batch by batch too."""
     out = []
-    if cfg.use_weighting:  # the loss takes WPO's weights; the LM head does not give them yet
-        out.append("use_weighting: WPO is not wired into tether train yet (its weights need the "
-                   "policy's Σ_v p(v)² from the LM head); remove use_weighting")
     if cfg.ld_alpha is not None and cfg.reference == "precomputed":
         out.append("ld_alpha: LD-DPO weighs each pair's tokens by its shorter length, which the "
                    "precomputed table does not hold; use reference=copy (or auto)")

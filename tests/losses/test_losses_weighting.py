@@ -14,7 +14,7 @@ from tether.config import TrainConfig, build_config
 from tether.errors import ConfigError
 from tether.losses.weighting import ld_token_weights, wpo_weights
 from tether.model.loading import load_model
-from tether.model.logprobs import sequence_logps
+from tether.model.logprobs import sequence_logps, sequence_logps_wpo
 from tether.training.loop import train
 
 
@@ -84,3 +84,33 @@ def test_ld_dpo_trains_and_alpha_one_is_dpo(tmp_path: Path, llama_dir: Path):
     # the chosen completions (3 tokens) are longer than most rejected ones (2): α < 1 scores
     # less of them, so the logged log-probs differ from plain DPO's
     assert ld[0]["logps/chosen"] != pytest.approx(dpo[0]["logps/chosen"])
+
+
+def test_wpo_sums_from_the_chunked_head_equal_full_logits(llama_dir: Path):
+    model = load_model(str(llama_dir))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 200, (4, 8), generator=g)
+    attn = torch.ones_like(ids)
+    mask = torch.zeros_like(ids)
+    mask[:, 2:] = 1
+    mask[1, 6:] = 0
+    sums, counts, aligned = sequence_logps_wpo(model, ids, attn, mask, chunk=5)
+    plain, _ = sequence_logps(model, ids, attn, mask, chunk=5)
+    with torch.no_grad():
+        logp = model(input_ids=ids, attention_mask=attn).logits.float()[:, :-1].log_softmax(-1)
+    token = logp.gather(2, ids[:, 1:, None])[..., 0]  # (B, T-1)
+    log_sum_sq = (2 * logp).logsumexp(-1)  # (B, T-1) log Σ_v p_v²
+    want = ((token - log_sum_sq) * mask[:, 1:]).sum(1)
+    torch.testing.assert_close(aligned, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sums, plain)
+    assert not aligned.requires_grad and sums.requires_grad  # the weight carries no gradient
+
+
+def test_wpo_trains_and_logs_its_weights(tmp_path: Path, llama_dir: Path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16))
+    rows = read_metrics(train(train_config(tmp_path, model=str(llama_dir), data=str(data),
+                                           max_steps=6, log_every=1, use_weighting=True)))
+    assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"] + 0.01
+    assert all(0 < r["wpo_weight"] and math.isfinite(r["wpo_weight"]) for r in rows)
+    # the first step's loss is log 2 times the mean WPO weight (policy == reference)
+    assert rows[0]["loss"] == pytest.approx(math.log(2) * rows[0]["wpo_weight"], rel=1e-4)

@@ -38,6 +38,7 @@ from tether.model.loading import (
     resolve_dtype,
     save_model,
 )
+from tether.model.logprobs import SequenceLogProbs
 from tether.model.lora import apply_lora, load_4bit, save_lora
 from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.model.speed import apply_levers
@@ -51,6 +52,7 @@ from tether.training.distributed import (
     close_distributed,
     full_state_dict,
     init_distributed,
+    local_module,
     wrap_policy,
 )
 from tether.training.reference import (
@@ -218,13 +220,17 @@ def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, 
     batch = s.weigh_tokens(batch)
     if isinstance(batch, SharedPrefixBatch):  # one process only: no wrapper to go through
         logps, counts = batch_logps(s.policy, batch, s.cfg.logprob_chunk)
+        wpo = []
     else:
-        logps, counts = s.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+        # WPO runs also get the policy's Σ log p − log Σ p² per completion (SequenceLogProbs.wpo)
+        logps, counts, *wpo = s.scorer(batch.input_ids, batch.attention_mask,
+                                       batch.completion_mask)
     # (K·B,) sums over completion tokens and token counts, block j = every row's j-th completion
     # A shared-prefix batch only meets references that read log-probs by row (_shares_prefix).
     ref = s.reference(batch, split) if s.reference is not None else None  # type: ignore[arg-type]
     rows = s.train_rows if split == "train" else s.eval_rows
-    return s.shape.step(s.loss, [rows[i] for i in batch.index.tolist()], logps, counts, ref)
+    return s.shape.step(s.loss, [rows[i] for i in batch.index.tolist()], logps, counts, ref,
+                        *wpo)
 
 
 @torch.no_grad()
@@ -357,6 +363,9 @@ def _setup(cfg: TrainConfig) -> Setup:
         reference = build_reference(cfg, kind, policy, scorer, dist, splits,
                                     pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
                                     autocast=autocast)
+    policy_scorer = local_module(scorer)
+    assert isinstance(policy_scorer, SequenceLogProbs)
+    policy_scorer.wpo = cfg.use_weighting  # WPO: the head also gives log Σ p² per token
     reference, after_step = synced_reference(reference, policy, cfg.ref_model_sync_steps,
                                              cfg.ref_model_mixup_alpha)
     apply_levers(cfg, policy)  # after the reference pass, which needs neither
@@ -384,10 +393,11 @@ def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Di
     must go through the wrapper), pairs (not KTO or whole rankings), and a reference that
     reads log-probs by row (precomputed) or needs none. Elsewhere: plain batches."""
     ok = dist.world_size == 1 and shape.prefix_sharing and reference_kind in ("precomputed",
-                                                                               "none")
+                                                                               "none") \
+        and not cfg.use_weighting  # WPO's log Σ p² comes from the plain scorer only
     if cfg.prefix_sharing and not ok:
         log.info("prefix_sharing: off for this run (distributed, non-pair data, or a "
-                 "reference=%s that scores batches itself)", reference_kind)
+                 "reference=%s that scores batches itself, or WPO)", reference_kind)
     return cfg.prefix_sharing and ok
 
 
