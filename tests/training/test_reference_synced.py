@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -65,9 +66,13 @@ def test_hard_update_every_n_steps_is_the_policy_of_that_step(llama_dir: Path):
     assert not torch.equal(snapshots[6]["lm_head.weight"], snapshots[7]["lm_head.weight"])
 
 
-def test_a_synced_reference_is_a_copy_and_refuses_what_cannot_follow(tmp_path: Path):
+def test_a_synced_reference_is_a_copy_and_refuses_what_cannot_follow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     cfg = build_config(TrainConfig, {"model": "m", "data": "d", "ref_model_sync_steps": 4})
-    assert reference_kind(cfg) == "copy"  # auto: a precomputed table cannot move
+    with caplog.at_level(logging.INFO, logger="tether"):
+        assert reference_kind(cfg) == "copy"  # auto: a precomputed table cannot move
+    assert "reference: copy, because ref_model_sync_steps=4" in caplog.text
     with pytest.raises(ConfigError, match="reference=precomputed"):
         build_config(TrainConfig, {"model": "m", "data": "d", "ref_model_sync_steps": 4,
                                    "reference": "precomputed"})
