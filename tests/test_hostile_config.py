@@ -34,7 +34,8 @@ LOSS_FOR = {key: next(n for n, fn in LOSSES.items() if key in inspect.signature(
             for key in ("gamma", "orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight",
                         "discopop_tau", "dpop_lambda", "rdpo_alpha")}
 EXTRA = {"loss_weights": {"loss": "mixture", "mixture": ["dpo"]},
-         "f_alpha": {"f_divergence": "alpha_divergence"}}
+         "f_alpha": {"f_divergence": "alpha_divergence"},
+         "ref_model_mixup_alpha": {"ref_model_sync_steps": 1}}
 CONFIGS = [TrainConfig, LossConfig, JudgeConfig, EvalConfig, PairsConfig, IterateConfig,
            DemoConfig]
 

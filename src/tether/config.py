@@ -22,6 +22,7 @@ from tether.errors import ConfigError
 from tether.fields import SEED_MAX, Checked, deferred_checks, field_help, opt, range_problems
 from tether.io import write_text
 from tether.losses.objective import LossConfig
+from tether.reference_keys import reference_problems
 from tether.yaml_loader import YamlRefused, load_yaml
 
 __all__ = [
@@ -71,6 +72,15 @@ class TrainConfig(Checked, LossConfig):
     )
     reference: Literal["precomputed", "copy", "lora", "none", "auto"] = opt(
         "auto", "reference model: precomputed cache | frozen copy | lora | none (auto picks)"
+    )
+    ref_model_sync_steps: int = opt(
+        0, "TR-DPO (Gorbatovski et al. 2024): every this many optimizer steps move the "
+        "reference to ref_model_mixup_alpha·policy + (1 − α)·reference; 0: a fixed reference",
+        ge=0,
+    )
+    ref_model_mixup_alpha: float = opt(
+        0.6, "TR-DPO: α of the reference update (1: hard sync, the policy itself; <1: soft); "
+        "read only with ref_model_sync_steps > 0", gt=0, le=1,
     )
 
     # --- optimisation
@@ -215,6 +225,7 @@ def _scale_problems(cfg: TrainConfig) -> list[str]:
     if cfg.reference == "lora" and cfg.reference_model:
         out.append("reference: reference=lora is the policy's own base, so reference_model "
                    "does not apply; use reference=precomputed or copy with reference_model")
+    out += reference_problems(cfg)
     if cfg.load_in_4bit and cfg.distributed == "fsdp":
         out.append("load_in_4bit: 4-bit weights cannot be FSDP-sharded; use distributed=ddp")
     return out

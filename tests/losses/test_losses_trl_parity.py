@@ -18,6 +18,7 @@ import torch
 
 from tether.config import build_config
 from tether.losses import LossConfig, pairwise_loss
+from tether.losses.weighting import ld_token_weights, wpo_weights
 
 ORACLE = json.loads((Path(__file__).parent / "data" / "trl_oracle.json").read_text())
 MPO = {"loss": "mixture", "mixture": ["dpo", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}
@@ -55,6 +56,10 @@ CASES: dict[str, dict[str, Any]] = {
                             "f_divergence": "forward_kl"},
     "sigmoid_alpha0.5": {"loss": "dpo", "f_divergence": "alpha_divergence"},
     "sigmoid_alpha0.3": {"loss": "dpo", "f_divergence": "alpha_divergence", "f_alpha": 0.3},
+    "ld_dpo_alpha0.5": {"loss": "dpo", "ld_alpha": 0.5},
+    "wpo": {"loss": "dpo", "use_weighting": True},
+    "wpo_mix": {"loss": "mixture", "mixture": ["dpo", "bco_pair"], "loss_weights": [0.8, 0.2],
+                "use_weighting": True},
 }
 # rewards tether defines differently from TRL's β·(summed log-ratio): ipo with
 # length_normalize logs β·(mean log-ratio); a mixture logs its first term's (sft has none)
@@ -62,7 +67,7 @@ OWN_REWARDS = {"ipo", "sft"}
 # TRL's exo_pair takes log ε and log(1 − ε) of torch.tensor(ε), a float32 tensor, so its
 # float64 loss carries float32 rounding of those constants (~1e-8 relative); tether's are float64
 FLOAT32_CONSTANTS = {"exo_pair", "exo_pair_eps0.2", "exo_pair_forward_kl"}
-NOT_YET = {"ld_dpo_alpha0.5", "wpo", "wpo_mix"}  # need per-token log-probs in the loop
+NOT_YET: set[str] = set()
 
 
 def test_every_oracle_case_is_compared_or_listed_as_not_yet():
@@ -73,15 +78,24 @@ def test_every_oracle_case_is_compared_or_listed_as_not_yet():
 def _run(case: dict[str, Any], keys: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     dtype = getattr(torch, case["dtype"])
     inputs = ORACLE["inputs"]
-    shift = torch.tensor(inputs["completion_mask"])[:, 1:].to(dtype)  # (2B, T-1)
+    B = ORACLE["pairs"]
+    cfg = build_config(LossConfig, {"beta": 0.1, **keys})
+    mask = torch.tensor(inputs["completion_mask"])
+    shift = mask[:, 1:].to(dtype)  # (2B, T-1)
+    counts = shift.sum(1).long()
+    if cfg.ld_alpha is not None:  # the weights the scorers apply: 1 on the shared prefix, α after
+        shift = ld_token_weights(mask, B, cfg.ld_alpha)[:, 1:].to(dtype)
     tokens = torch.tensor(inputs["policy"], dtype=dtype, requires_grad=True)  # (2B, T-1)
     policy = (tokens * shift).sum(1)  # (2B,) summed completion log-probs
     reference = (torch.tensor(inputs["reference"], dtype=dtype) * shift).sum(1)
-    counts = shift.sum(1).long()
-    B = ORACLE["pairs"]
-    cfg = build_config(LossConfig, {"beta": 0.1, **keys})
+    weights = None
+    if cfg.use_weighting:  # Σ_t log p_t − log Σ_v p_v², as the LM head gives it
+        log_sum_sq = torch.tensor(inputs["log_sum_sq_probs"], dtype=dtype)
+        aligned = ((tokens - log_sum_sq) * (mask[:, 1:] != 0)).sum(1)
+        weights = wpo_weights(aligned[:B], aligned[B:], counts[:B], counts[B:])
     out = pairwise_loss(cfg, policy[:B], policy[B:], reference[:B], reference[B:],
-                        chosen_lengths=counts[:B], rejected_lengths=counts[B:])
+                        chosen_lengths=counts[:B], rejected_lengths=counts[B:],
+                        pair_weights=weights)
     loss = out.losses.mean()
     loss.backward()
     assert tokens.grad is not None

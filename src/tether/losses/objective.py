@@ -107,6 +107,14 @@ class LossConfig:
     loss_weights: list[float] = opt(
         [], "loss=mixture: one weight per objective in mixture (empty: all 1)", ge=0
     )
+    ld_alpha: float | None = opt(
+        None, "LD-DPO (Liu et al. 2024): weight α of the completion tokens past the pair's "
+        "shorter length, for policy and reference; unset: off (= 1)", gt=0, le=1,
+    )
+    use_weighting: bool = opt(
+        False, "WPO (Zhou et al. 2024): scale each pair's loss by the policy's length-normalised "
+        "probabilities of both completions (TRL's use_weighting)"
+    )
 
     @property
     def spec(self) -> LossSpec:
@@ -183,6 +191,12 @@ class LossConfig:
         if rank_set and spec.data != "pairs":
             out.append(f"rank_pairs: loss={self.loss} does not train on pairs; rank_pairs and "
                        f"rank_weight_by_gap apply to pairwise objectives on ranked data")
+        if (self.ld_alpha is not None or self.use_weighting) and spec.data != "pairs":
+            out.append(f"ld_alpha/use_weighting: LD-DPO and WPO apply to pairwise objectives; "
+                       f"loss={self.loss} is not one; remove the key")
+        if self.ld_alpha is not None and not spec.needs_reference:
+            out.append(f"ld_alpha: LD-DPO reweights the log-ratios of objectives with a "
+                       f"reference; loss={self.loss} has none; remove ld_alpha")
         if self.length_normalize and spec.token_mean:
             out.append(f"length_normalize: loss={self.loss} always averages log-probs per "
                        f"token; remove the key")
@@ -272,11 +286,14 @@ def pairwise_loss(
     *,
     chosen_lengths: Tensor,
     rejected_lengths: Tensor,
+    pair_weights: Tensor | None = None,
 ) -> LossOutput:
     """The configured pairwise objective on summed ``(B,)`` log-probs and their token counts.
 
     Reference tensors are ``None`` for reference-free objectives. ``length_normalize`` turns
     sums into per-token means first, except for objectives that average by definition.
+    ``pair_weights`` ``(B,)`` (WPO's, ``tether.losses.weighting``) scale the preference loss,
+    before the NLL term.
     """
     spec = cfg.spec
     missing = reference_chosen_logps is None or reference_rejected_logps is None
@@ -291,6 +308,8 @@ def pairwise_loss(
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
     )
+    if pair_weights is not None:
+        out = replace(out, losses=out.losses * pair_weights)
     return add_nll(out, policy_chosen_logps, chosen_lengths, cfg.nll_weight)
 
 

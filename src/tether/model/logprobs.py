@@ -30,8 +30,10 @@ __all__ = [
     "HeadTransform",
     "SequenceLogProbs",
     "head_logps",
+    "head_logps_squares",
     "head_transform",
     "sequence_logps",
+    "sequence_logps_wpo",
     "split_head",
 ]
 
@@ -123,7 +125,8 @@ _LOGIT_KEYS = frozenset(
 
 class _ChunkedTokenLogProbs(torch.autograd.Function):
     """log softmax(f(h W^T + b))[target] for N selected positions, chunk by chunk, where f is the
-    model's ``HeadTransform``."""
+    model's ``HeadTransform``; with ``square``, also log Σ_v softmax(·)_v² per position (WPO's
+    normaliser; no gradient), else an empty second output."""
 
     @staticmethod
     def forward(
@@ -135,19 +138,26 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
         chunk: int,
         compute_dtype: torch.dtype,
         transform: HeadTransform,
-    ) -> Tensor:
+        square: bool,
+    ) -> tuple[Tensor, Tensor]:
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        sq = torch.empty(hidden.shape[0] if square else 0, dtype=torch.float32,
+                         device=hidden.device)
         w = weight.to(compute_dtype)
         for s in range(0, hidden.shape[0], chunk):
             logits = transform.logits_(_logits(hidden[s : s + chunk], w, bias))  # (n, V) fp32
             t = targets[s : s + chunk, None]
-            out[s : s + chunk] = (logits.gather(1, t) - logits.logsumexp(-1, keepdim=True))[:, 0]
+            lse = logits.logsumexp(-1, keepdim=True)  # (n, 1)
+            out[s : s + chunk] = (logits.gather(1, t) - lse)[:, 0]
+            if square:  # log Σ_v p_v² = logsumexp(2·logits) − 2·logsumexp(logits)
+                sq[s : s + chunk] = (logits.mul_(2).logsumexp(-1, keepdim=True) - 2 * lse)[:, 0]
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk, ctx.compute_dtype, ctx.transform = chunk, compute_dtype, transform
-        return out
+        ctx.mark_non_differentiable(sq)
+        return out, sq
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor, _grad_sq: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, targets = ctx.saved_tensors
         cd, transform = ctx.compute_dtype, ctx.transform
         w = weight.to(cd)
@@ -171,7 +181,7 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
                 grad_b += d.sum(0)
         gw = grad_w.to(weight.dtype) if ctx.needs_input_grad[1] else None
         gb = grad_b.to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-        return grad_h, gw, gb, None, None, None, None
+        return grad_h, gw, gb, None, None, None, None, None
 
 
 def _logits(h: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
@@ -242,11 +252,40 @@ def sequence_logps(
     model: nn.Module,
     input_ids: Tensor,  # (B, T)
     attention_mask: Tensor,  # (B, T)
-    completion_mask: Tensor,  # (B, T) 1 on completion tokens (the targets)
+    completion_mask: Tensor,  # (B, T) 1 on completion tokens (the targets), or their weights
     chunk: int = 1024,
     position_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Sum of completion-token log-probs ``(B,)`` fp32, and completion token counts ``(B,)``."""
+    """Sum of completion-token log-probs ``(B,)`` fp32, and completion token counts ``(B,)``.
+
+    A floating-point ``completion_mask`` holds per-token weights (LD-DPO's, from
+    ``tether.losses.weighting.ld_token_weights``): the sums are Σ weight × log-prob over the
+    tokens whose weight is not 0, and the counts count those tokens."""
+    sums, counts, _ = _sequence_logps(model, input_ids, attention_mask, completion_mask, chunk,
+                                      position_ids, square=False)
+    return sums, counts
+
+
+def sequence_logps_wpo(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    chunk: int = 1024,
+    position_ids: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``sequence_logps`` plus WPO's Σ_t [log p(y_t) − log Σ_v p(v)²] per sequence ``(B,)``,
+    detached and unweighted (``tether.losses.weighting.wpo_weights``), from the same chunks."""
+    sums, counts, aligned = _sequence_logps(model, input_ids, attention_mask, completion_mask,
+                                            chunk, position_ids, square=True)
+    assert aligned is not None
+    return sums, counts, aligned
+
+
+def _sequence_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
+    chunk: int, position_ids: Tensor | None, *, square: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     body, head = split_head(model)
     transform = head_transform(model)
     hidden = body(
@@ -254,17 +293,19 @@ def sequence_logps(
         use_cache=False,
     ).last_hidden_state  # (B, T, H)
     # Position t-1 predicts token t: select the hidden states before each completion token.
-    target_mask = completion_mask[:, 1:].bool()  # (B, T-1)
+    target_mask = completion_mask[:, 1:] != 0  # (B, T-1)
     h = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
-    token_logps = head_logps(head, h, targets, chunk, transform=transform)  # (N,) fp32
+    token_logps, log_sq = head_logps_squares(head, h, targets, chunk, transform=transform,
+                                             square=square)  # (N,) fp32 each
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(
         target_mask
     )[target_mask]  # (N,) which sequence each token belongs to
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=h.device)
-    sums = sums.index_add(0, rows, token_logps)
-    counts = target_mask.sum(1)
-    return sums, counts
+    zeros = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=h.device)
+    aligned = zeros.index_add(0, rows, token_logps.detach() - log_sq) if square else None
+    if completion_mask.is_floating_point():  # per-token weights (LD-DPO)
+        token_logps = token_logps * completion_mask[:, 1:][target_mask].float()  # (N,)
+    return zeros.index_add(0, rows, token_logps), target_mask.sum(1), aligned
 
 
 def head_logps(
@@ -277,12 +318,26 @@ def head_logps(
 ) -> Tensor:
     """log softmax(f(head(h)))[targets] ``(N,)`` fp32 for hidden states ``h`` ``(N, H)``, chunked;
     f is ``transform``, the model's own (``head_transform(model)``)."""
+    return head_logps_squares(head, h, targets, chunk, transform=transform, square=False)[0]
+
+
+def head_logps_squares(
+    head: nn.Linear,
+    h: Tensor,
+    targets: Tensor,
+    chunk: int,
+    *,
+    transform: HeadTransform = HeadTransform(),
+    square: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """``head_logps`` and, with ``square``, log Σ_v p_v² at each position ``(N,)`` fp32 (no
+    gradient; WPO's normaliser), from the same chunked logits."""
     if torch.is_autocast_enabled(h.device.type):
         compute_dtype = torch.get_autocast_dtype(h.device.type)
     else:
         compute_dtype = head.weight.dtype
-    out: Tensor = _ChunkedTokenLogProbs.apply(
-        h, head.weight, head.bias, targets, chunk, compute_dtype, transform
+    out: tuple[Tensor, Tensor] = _ChunkedTokenLogProbs.apply(
+        h, head.weight, head.bias, targets, chunk, compute_dtype, transform, square
     )
     return out
 
@@ -294,6 +349,8 @@ class SequenceLogProbs(nn.Module):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        # WPO (use_weighting): forward also returns sequence_logps_wpo's third tensor
+        self.wpo = False
 
     def forward(
         self,
@@ -301,7 +358,8 @@ class SequenceLogProbs(nn.Module):
         attention_mask: Tensor,
         completion_mask: Tensor,
         position_ids: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        return sequence_logps(
+    ) -> tuple[Tensor, ...]:
+        score = sequence_logps_wpo if self.wpo else sequence_logps
+        return score(
             self.model, input_ids, attention_mask, completion_mask, self.chunk, position_ids
         )

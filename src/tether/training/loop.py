@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,12 @@ from tether.model.loading import (
     resolve_dtype,
     save_model,
 )
+from tether.model.logprobs import SequenceLogProbs
 from tether.model.lora import apply_lora, load_4bit, save_lora
 from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
+from tether.shapes.pairs import token_weighting
 from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.training.distributed import (
     Dist,
@@ -49,6 +52,7 @@ from tether.training.distributed import (
     close_distributed,
     full_state_dict,
     init_distributed,
+    local_module,
     wrap_policy,
 )
 from tether.training.reference import (
@@ -57,6 +61,7 @@ from tether.training.reference import (
     copy_before_wrapping,
     data_fingerprint,
     reference_kind,
+    synced_reference,
 )
 from tether.training.run_dir import RunDir, open_run_dir
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
@@ -90,6 +95,8 @@ class Setup:
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
     prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
     grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
+    after_step: Callable[[int], None]  # TR-DPO moves the reference (no-op otherwise)
+    weigh_tokens: Callable[[Batch], Batch]  # LD-DPO's per-token weights (identity otherwise)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -172,6 +179,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             st.step += 1
+            s.after_step(st.step)
             st.step_in_epoch += 1
             window["grad_norm"] += grad_norm
             window["steps"] += 1
@@ -217,15 +225,20 @@ def _eval_due(cfg: TrainConfig, step: int) -> bool:
 
 def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, Tensor]]:
     """Policy log-probs -> reference log-probs -> the data shape's loss and statistics."""
+    batch = s.weigh_tokens(batch)
     if isinstance(batch, SharedPrefixBatch):  # one process only: no wrapper to go through
         logps, counts = batch_logps(s.policy, batch, s.cfg.logprob_chunk)
+        wpo = []
     else:
-        logps, counts = s.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+        # WPO runs also get the policy's Σ log p − log Σ p² per completion (SequenceLogProbs.wpo)
+        logps, counts, *wpo = s.scorer(batch.input_ids, batch.attention_mask,
+                                       batch.completion_mask)
     # (K·B,) sums over completion tokens and token counts, block j = every row's j-th completion
     # A shared-prefix batch only meets references that read log-probs by row (_shares_prefix).
     ref = s.reference(batch, split) if s.reference is not None else None  # type: ignore[arg-type]
     rows = s.train_rows if split == "train" else s.eval_rows
-    return s.shape.step(s.loss, [rows[i] for i in batch.index.tolist()], logps, counts, ref)
+    return s.shape.step(s.loss, [rows[i] for i in batch.index.tolist()], logps, counts, ref,
+                        *wpo)
 
 
 @torch.no_grad()
@@ -359,6 +372,11 @@ def _setup(cfg: TrainConfig) -> Setup:
         reference = build_reference(cfg, kind, policy, scorer, dist, splits,
                                     pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
                                     autocast=autocast)
+    policy_scorer = local_module(scorer)
+    assert isinstance(policy_scorer, SequenceLogProbs)
+    policy_scorer.wpo = cfg.use_weighting  # WPO: the head also gives log Σ p² per token
+    reference, after_step = synced_reference(reference, policy, cfg.ref_model_sync_steps,
+                                             cfg.ref_model_mixup_alpha)
     apply_levers(cfg, policy)  # after the reference pass, which needs neither
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
@@ -376,7 +394,7 @@ def _setup(cfg: TrainConfig) -> Setup:
     return Setup(cfg, loss, shape, run, device, autocast, tokenizer, policy, reference,
                  train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
                  scorer, _shares_prefix(cfg, shape, kind, dist),
-                 GradSync(scorer, defer_fsdp=cfg.lora))
+                 GradSync(scorer, defer_fsdp=cfg.lora), after_step, token_weighting(loss))
 
 
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
@@ -384,10 +402,11 @@ def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Di
     must go through the wrapper), pairs (not KTO or whole rankings), and a reference that
     reads log-probs by row (precomputed) or needs none. Elsewhere: plain batches."""
     ok = dist.world_size == 1 and shape.prefix_sharing and reference_kind in ("precomputed",
-                                                                               "none")
+                                                                               "none") \
+        and not cfg.use_weighting  # WPO's log Σ p² comes from the plain scorer only
     if cfg.prefix_sharing and not ok:
         log.info("prefix_sharing: off for this run (distributed, non-pair data, or a "
-                 "reference=%s that scores batches itself)", reference_kind)
+                 "reference=%s that scores batches itself, or WPO)", reference_kind)
     return cfg.prefix_sharing and ok
 
 

@@ -9,6 +9,9 @@
 - ``lora``: the policy with its PEFT adapters disabled (or a frozen starting adapter).
 - ``none``: reference-free objectives (SimPO, ORPO, RRHF, SFT).
 
+``synced_reference`` makes a copy follow the policy during training (TR-DPO,
+``ref_model_sync_steps``); the loop calls its hook after each optimizer step.
+
 ``build_reference`` picks one; every strategy is a ``Reference``: called with a batch and its
 split, it returns the per-sequence *sums* of the batch's first completion block and of the
 others (the loop applies per-token averaging, so the cache does not depend on
@@ -37,6 +40,7 @@ from tether.training.reference.strategy import (
     copy_before_wrapping,
     reference_kind,
 )
+from tether.training.reference.synced import SyncedCopy, no_sync, synced_reference
 
 __all__ = [
     "FrozenCopy",
@@ -45,16 +49,19 @@ __all__ = [
     "RefSums",
     "Reference",
     "ScorerReference",
+    "SyncedCopy",
     "build_reference",
     "cache_path",
     "copy_before_wrapping",
     "data_fingerprint",
     "frozen_copy",
     "frozen_scorer",
+    "no_sync",
     "reference_kind",
     "save_table",
     "score_rows",
     "score_table",
     "split_blocks",
+    "synced_reference",
     "weights_fingerprint",
 ]

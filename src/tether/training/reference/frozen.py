@@ -71,7 +71,9 @@ class LoraReference:
             with reference_weights(self.model), torch.autocast(
                 dev.type, dtype=torch.bfloat16, enabled=self.autocast
             ):
-                sums, _ = self.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+                # [0]: the policy's scorer also returns WPO's sums in a WPO run
+                sums = self.scorer(batch.input_ids, batch.attention_mask,
+                                   batch.completion_mask)[0]
         finally:
             self.model.train(was_training)
         return split_blocks(sums, batch.pairs)

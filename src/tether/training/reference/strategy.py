@@ -34,13 +34,30 @@ def reference_kind(cfg: TrainConfig) -> str:
     in memory already), others a precomputed table; reference-free objectives need none."""
     spec = LOSS_SPECS[cfg.loss]
     kind: str = cfg.reference
+    per_batch = _scored_per_batch(cfg)
     if kind == "auto":
         default = "lora" if cfg.lora and not cfg.reference_model else "precomputed"
+        if default == "precomputed" and per_batch:
+            default = "copy"
+            log.info("reference: copy, because %s (a precomputed table cannot hold it)",
+                     per_batch)
         kind = default if spec.needs_reference else "none"
     if spec.needs_reference and kind == "none":
         raise ConfigError(f"reference: loss '{cfg.loss}' needs a reference; use precomputed or "
                           "copy")
+    if per_batch and kind == "precomputed":
+        raise ConfigError(f"reference: {per_batch}, so reference=precomputed does not apply; "
+                          "use reference=copy (or auto)")
     return kind
+
+
+def _scored_per_batch(cfg: TrainConfig) -> str:
+    """Why the reference must be scored batch by batch ('' when it need not)."""
+    if cfg.ref_model_sync_steps > 0:
+        return f"ref_model_sync_steps={cfg.ref_model_sync_steps} moves the reference (TR-DPO)"
+    if cfg.ld_alpha is not None:
+        return f"ld_alpha={cfg.ld_alpha} weighs each pair's tokens by its shorter length (LD-DPO)"
+    return ""
 
 
 def copy_before_wrapping(
