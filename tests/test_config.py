@@ -69,7 +69,7 @@ def test_all_problems_at_once(tmp_path):
     ]
     for part in expected:
         assert part in msg
-    assert "unknown key 'learning_rate'; valid: adam_betas, autocast" in msg  # no close name
+    assert "unknown key 'learning_rate'; valid: adam_betas, attn_implementation, autocast" in msg  # no close name
     # a key that failed to parse is reported once (not again by the value checks)
     assert len(re.findall(r"(?<!\w)batch_size: ", msg)) == 1
 

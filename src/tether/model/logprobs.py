@@ -241,12 +241,15 @@ def _text_config(cfg: Any) -> Any:
 def sequence_logps(
     model: nn.Module,
     input_ids: Tensor,  # (B, T)
-    attention_mask: Tensor,  # (B, T)
+    attention_mask: Tensor | None,  # (B, T); None for packed rows (tether.model.packing)
     completion_mask: Tensor,  # (B, T) 1 on completion tokens (the targets)
     chunk: int = 1024,
     position_ids: Tensor | None = None,
+    sequence: Tensor | None = None,  # (B, T) which sequence each token is in; None: its row
+    sequences: int = 0,  # how many sequences ``sequence`` numbers (with ``sequence``)
 ) -> tuple[Tensor, Tensor]:
-    """Sum of completion-token log-probs ``(B,)`` fp32, and completion token counts ``(B,)``."""
+    """Sum of completion-token log-probs per sequence ``(S,)`` fp32, and completion token counts
+    ``(S,)``; a sequence is a row (S = B) unless ``sequence`` says otherwise."""
     body, head = split_head(model)
     transform = head_transform(model)
     hidden = body(
@@ -258,13 +261,13 @@ def sequence_logps(
     h = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
     token_logps = head_logps(head, h, targets, chunk, transform=transform)  # (N,) fp32
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(
-        target_mask
-    )[target_mask]  # (N,) which sequence each token belongs to
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=h.device)
+    if sequence is None:
+        sequences = input_ids.shape[0]
+        sequence = torch.arange(sequences, device=input_ids.device)[:, None].expand_as(input_ids)
+    rows = sequence[:, 1:][target_mask]  # (N,) which sequence each token belongs to
+    sums = torch.zeros(sequences, dtype=torch.float32, device=h.device)
     sums = sums.index_add(0, rows, token_logps)
-    counts = target_mask.sum(1)
-    return sums, counts
+    return sums, torch.bincount(rows, minlength=sequences)
 
 
 def head_logps(
@@ -298,10 +301,13 @@ class SequenceLogProbs(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor,
+        attention_mask: Tensor | None,
         completion_mask: Tensor,
         position_ids: Tensor | None = None,
+        sequence: Tensor | None = None,
+        sequences: int = 0,
     ) -> tuple[Tensor, Tensor]:
         return sequence_logps(
-            self.model, input_ids, attention_mask, completion_mask, self.chunk, position_ids
+            self.model, input_ids, attention_mask, completion_mask, self.chunk, position_ids,
+            sequence, sequences,
         )
