@@ -20,8 +20,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from workload import Workload, make_pairs  # noqa: E402
 
 from tether.data.batching import collate, step_batches  # noqa: E402
-from tether.model.prefix_sharing import collate_shared  # noqa: E402
 from tether.data.tokenization import TokenizedPair  # noqa: E402
+from tether.model.prefix_sharing import collate_shared  # noqa: E402
 
 
 def rows_of(w: Workload) -> list[TokenizedPair]:
