@@ -69,6 +69,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "gradient-checkpointing": {"gradient_checkpointing": True},
     "compile": {"compile": True},
     "unfused-adamw": {"fused_adamw": False},
+    "packing": {"prefix_sharing": False, "packing": True},  # plain rows, padding-free
+    "shared-packing": {"packing": True},  # every pair of a micro-batch in one row
 }
 for _name, _changes in LEVERS.items():
     _spec: dict[str, Any] = {"tether_overrides": {k: v for k, v in _changes.items()
@@ -408,7 +410,9 @@ def _parser() -> argparse.ArgumentParser:
 def main() -> None:
     p = _parser()
     args = p.parse_args()
-    trl_python = ensure_trl_venv()
+    uses_trl = args.scaling or any(TOOLS[t][0] == "trl" for t in args.tools.split(",")
+                                   if t in TOOLS and not args.levers)
+    trl_python = ensure_trl_venv() if uses_trl else Path(sys.executable)  # tether-only: none
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     if args.scaling:

@@ -123,7 +123,7 @@ class TrainConfig(Checked, LossConfig):
     )
     packing: bool = opt(
         False, "padding-free batches: plain rows back to back in one row, positions restarting "
-        "(varlen attention on GPU); pairs several per row with prefix_sharing"
+        "(varlen attention on GPU); with prefix_sharing all pairs of a micro-batch in one row"
     )
     gradient_checkpointing: bool = opt(
         False, "recompute layer activations in the backward pass: less memory, more compute"
