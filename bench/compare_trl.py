@@ -69,6 +69,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "gradient-checkpointing": {"gradient_checkpointing": True},
     "compile": {"compile": True},
     "unfused-adamw": {"fused_adamw": False},
+    "packing": {"prefix_sharing": False, "packing": True},  # plain rows, padding-free
+    "shared-packing": {"packing": True},  # every pair of a micro-batch in one row
 }
 for _name, _changes in LEVERS.items():
     _spec: dict[str, Any] = {"tether_overrides": {k: v for k, v in _changes.items()
@@ -81,20 +83,26 @@ for _name, _changes in LEVERS.items():
 # --------------------------------------------------------------------------- TRL virtualenv
 
 
-def ensure_trl_venv() -> Path:
-    python = VENV / "bin" / "python"
+def ensure_trl_venv(cuda: bool = False) -> Path:
+    """TRL's virtualenv: torch 2.13 CPU (``bench/.venv-trl``), or with ``cuda`` PyPI's default
+    Linux torch 2.13 wheel, which is the CUDA build (``bench/.venv-trl-cuda``)."""
+    venv = VENV.with_name(VENV.name + "-cuda") if cuda else VENV
+    python = venv / "bin" / "python"
     probe = "import trl, torch; print(trl.__version__, torch.__version__)"
     ok = python.exists() and subprocess.run(
         [python, "-c", probe], capture_output=True, text=True
     ).stdout.startswith(TRL_VERSION)
     if ok:
         return python
-    print(f"making {VENV} (torch {TORCH_VERSION} CPU, then trl {TRL_VERSION}) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    build = "CUDA" if cuda else "CPU"
+    print(f"making {venv} (torch {TORCH_VERSION} {build}, then trl {TRL_VERSION}) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
+    if cuda:
+        subprocess.run([*pip, f"torch=={TORCH_VERSION}"], check=True)
     # torch first, CPU build: the local wheel (+cpu) when pip's find-links has one, else
     # PyTorch's CPU index. Installing trl first would let pip pull a CUDA torch.
-    if subprocess.run([*pip, f"torch=={TORCH_VERSION}+cpu"]).returncode != 0:
+    elif subprocess.run([*pip, f"torch=={TORCH_VERSION}+cpu"]).returncode != 0:
         subprocess.run([*pip, f"torch=={TORCH_VERSION}", "--index-url",
                         "https://download.pytorch.org/whl/cpu"], check=True)
     subprocess.run([*pip, f"trl=={TRL_VERSION}", *_pins()], check=True)
@@ -118,8 +126,8 @@ def prepare(w: Workload, root: Path, batch: int, seed: int) -> dict[str, Any]:
     """Materialise the workload; tokenize it the way tether will; order the pairs for TRL."""
     from tether.data.batching import step_batches
     from tether.data.records import load_preferences
-    from tether.model.loading import load_tokenizer
     from tether.data.tokenization import tokenize_records
+    from tether.model.loading import load_tokenizer
 
     d = materialise(w, root)
     tok = load_tokenizer(str(d / "model"))
@@ -158,12 +166,13 @@ def run_child(tool: str, data: dict[str, Any], common: dict[str, Any], trl_pytho
         spec["pairs"] = str(data["dir"] / "pairs.jsonl")
         if common.get("reference_cache"):  # lever runs: read the reference pass once made
             spec["tether_overrides"] = {"cache_dir": common["reference_cache"], **overrides}
-        cmd = [sys.executable, str(HERE / "run_tether.py")]
+        cmd = [*common.get("launch", {}).get("tether", [sys.executable]),
+               str(HERE / "run_tether.py")]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     else:
         spec["pairs"] = str(data["dir"] / "pairs.trl-order.jsonl")
         spec["expected_ids"] = data["expected_ids"]
-        cmd = [str(trl_python), str(HERE / "run_trl.py")]
+        cmd = [*common.get("launch", {}).get("trl", [str(trl_python)]), str(HERE / "run_trl.py")]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
@@ -401,7 +410,9 @@ def _parser() -> argparse.ArgumentParser:
 def main() -> None:
     p = _parser()
     args = p.parse_args()
-    trl_python = ensure_trl_venv()
+    uses_trl = args.scaling or any(TOOLS[t][0] == "trl" for t in args.tools.split(",")
+                                   if t in TOOLS and not args.levers)
+    trl_python = ensure_trl_venv() if uses_trl else Path(sys.executable)  # tether-only: none
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     if args.scaling:

@@ -1,5 +1,10 @@
 """Padding left in the batches tether builds, with and without length grouping and packing.
 
+Layouts: ``plain`` (prompt‖answer rows, padded), ``plain packed`` (``packing=true``: the same
+sequences back to back in one row), ``shared`` (prefix sharing: prompt‖chosen‖rejected per
+row, padded) and ``shared packed`` (``prefix_sharing=true packing=true``: every pair in one
+row).
+
     python bench/padding.py
 
 Counts token positions the model computes (rows × width) against real tokens, over one epoch
@@ -19,9 +24,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from workload import Workload, make_pairs  # noqa: E402
 
-from tether.data.batching import collate, step_batches  # noqa: E402
-from tether.model.prefix_sharing import collate_shared  # noqa: E402
+from tether.data.batching import step_batches  # noqa: E402
 from tether.data.tokenization import TokenizedPair  # noqa: E402
+from tether.model.prefix_sharing import make_batch  # noqa: E402
+
+LAYOUTS = {"plain": (False, False), "plain packed": (False, True), "shared": (True, False),
+           "shared packed": (True, True)}  # (prefix_sharing, packing)
 
 
 def rows_of(w: Workload) -> list[TokenizedPair]:
@@ -35,11 +43,7 @@ def rows_of(w: Workload) -> list[TokenizedPair]:
 def positions(rows: list[TokenizedPair], group: bool, layout: str, batch: int = 8) -> int:
     total = 0
     for step in step_batches([r.length for r in rows], batch, 0, 0, group):
-        chunk = [rows[i] for i in step]
-        if layout == "plain":
-            total += collate(chunk, step, 0).input_ids.numel()
-        else:
-            total += collate_shared(chunk, step, 0, pack=layout == "packed").input_ids.numel()
+        total += make_batch([rows[i] for i in step], step, 0, *LAYOUTS[layout]).input_ids.numel()
     return total
 
 
@@ -49,7 +53,7 @@ def main() -> None:
     for spread in (0.15, 0.6):
         rows = rows_of(replace(Workload(), pairs=400, spread=spread))
         real = sum(2 * len(r.prompt) + len(r.chosen) + len(r.rejected) for r in rows)
-        for layout in ("plain", "shared", "packed"):
+        for layout in LAYOUTS:
             for group in (False, True):
                 n = positions(rows, group, layout)
                 print(f"| ±{spread:.0%} | {layout} | {'on' if group else 'off'} | {n} | {real} "

@@ -8,6 +8,7 @@ tools' step times are measured between the same events.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -20,8 +21,8 @@ def main(spec_path: str, out_path: str) -> None:
     t0 = time.perf_counter()
     import torch
 
-    from tether import reference
     from tether.config import TrainConfig, build_config
+    from tether.training import reference
     from tether.training.loop import train
 
     torch.set_num_threads(spec["threads"])
@@ -74,6 +75,7 @@ def main(spec_path: str, out_path: str) -> None:
             "dtype": "float32",
             "autocast": "on" if spec["bf16"] else "off",
             "seed": spec["seed"],
+            "device": spec.get("device", "auto"),
             "progress": False,
             "log_every": 1,
             **spec.get("tether_overrides", {}),
@@ -93,8 +95,10 @@ def main(spec_path: str, out_path: str) -> None:
         "logps_chosen": [m["logps/chosen"] for m in metrics],
         "logps_rejected": [m["logps/rejected"] for m in metrics],
         "torch": torch.__version__,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
-    Path(out_path).write_text(json.dumps(result, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 reports
+        Path(out_path).write_text(json.dumps(result, indent=2))
 
 
 def _full_logits(model: Any, batch: Any, chunk: int) -> Any:

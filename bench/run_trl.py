@@ -74,7 +74,7 @@ def main(spec_path: str, out_path: str) -> None:
             logging_strategy="no",
             save_strategy="no",
             disable_tqdm=True,
-            use_cpu=True,
+            use_cpu=spec.get("device", "cpu") == "cpu",
             seed=spec["seed"],
             **spec.get("trl_overrides", {}),
         )
@@ -112,8 +112,10 @@ def main(spec_path: str, out_path: str) -> None:
         "logps_rejected": logps["logps/rejected"],
         "torch": torch.__version__,
         "versions": _versions(),
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
-    Path(out_path).write_text(json.dumps(result, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: rank 0 reports
+        Path(out_path).write_text(json.dumps(result, indent=2))
 
 
 def _check_ids(dataset: Any, expected: dict[str, list[list[int]]]) -> None:

@@ -30,12 +30,21 @@ class Workload:
     spread: float = 0.15  # lengths are uniform in mean × (1 ± spread)
     pairs: int = 40
     seed: int = 0
+    tie_embeddings: bool = False  # Llama 3.2 1B ties its LM head to the input embedding
+    max_positions: int = 4096
+    rope_theta: float = 10_000.0  # Llama 3.x: 500,000
+    save_dtype: str = "float32"  # bfloat16 halves the disk and load time of the GPU shapes
 
     @property
     def name(self) -> str:
+        extra = "".join(
+            [f"-kv{self.kv_heads}-m{self.intermediate}" if self.save_dtype != "float32" else "",
+             "-tied" if self.tie_embeddings else "", f"-{self.save_dtype}"
+             if self.save_dtype != "float32" else ""]
+        )
         return (
             f"h{self.hidden}-l{self.layers}-v{self.vocab // 1000}k-"
-            f"p{self.prompt_len}-c{self.completion_len}-n{self.pairs}-s{self.seed}"
+            f"p{self.prompt_len}-c{self.completion_len}-n{self.pairs}-s{self.seed}{extra}"
         )
 
 
@@ -94,10 +103,13 @@ def materialise(w: Workload, root: Path) -> Path:
     config = LlamaConfig(
         hidden_size=w.hidden, num_hidden_layers=w.layers, num_attention_heads=w.heads,
         num_key_value_heads=w.kv_heads, intermediate_size=w.intermediate,
-        max_position_embeddings=4096, vocab_size=w.vocab, bos_token_id=1, eos_token_id=2,
-        pad_token_id=0, tie_word_embeddings=False,
+        max_position_embeddings=w.max_positions, vocab_size=w.vocab, bos_token_id=1,
+        eos_token_id=2, pad_token_id=0, tie_word_embeddings=w.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": w.rope_theta},
     )
-    model = LlamaForCausalLM(config)
+    # random weights drawn where they are quickest (an 8B model takes minutes on a CPU)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(getattr(torch, w.save_dtype))
     model.save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
     with (out / "pairs.jsonl").open("w", encoding="utf-8") as f:

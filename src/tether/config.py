@@ -113,23 +113,35 @@ class TrainConfig(Checked, LossConfig):
         1024, "tokens per chunk of the LM head (bounds logit memory)", ge=1
     )
 
-    # --- numerics and device
+    # --- numerics and device (tether/model/precision.py)
+    precision: Literal["auto", "mixed", "bf16", "fp32"] = opt(
+        "auto", "mixed: fp32 master weights, bf16 compute (16 B/param); bf16: pure bf16 (8 "
+        "B/param; small-lr updates round away, warned); fp32; auto: mixed on bf16 GPUs (bf16 "
+        "base with lora), fp32 on CPU, or what dtype/autocast say"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "parameter dtype: auto = float32 on CPU, bfloat16 on GPUs that support it"
+        "auto", "with precision=auto: bfloat16/float16 = pure low-precision weights "
+        "(precision=bf16); float32 or auto = fp32 weights"
     )
     autocast: Literal["auto", "on", "off"] = opt(
-        "off", "bf16 autocast for matmuls (fp32 master weights); auto = on GPU/bf16 CPUs"
+        "off", "with precision=auto and fp32 weights: on = precision=mixed; auto = on for bf16 "
+        "GPUs and AVX-512 CPUs"
+    )
+    attn_implementation: str = opt(
+        "auto", "attention kernel: auto = flex_attention on CUDA when batches carry masks "
+        "(prefix_sharing, packing), else the model's; or sdpa, eager, flex_attention, "
+        "flash_attention_2, ..."
     )
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     trust_remote_code: bool = opt(False, "allow model code from the hub (off unless you ask)")
-    attn_implementation: str | None = opt(
-        None, "attention kernel passed to from_pretrained: sdpa, eager, flash_attention_2, ... "
-        "(default: transformers' choice)"
-    )
 
     # --- speed and memory (each lever is measured in bench/README.md)
     prefix_sharing: bool = opt(
         True, "score each pair as one prompt‖chosen‖rejected sequence: the prompt runs once"
+    )
+    packing: bool = opt(
+        False, "padding-free batches: plain rows back to back in one row, positions restarting "
+        "(varlen attention on GPU); with prefix_sharing all pairs of a micro-batch in one row"
     )
     gradient_checkpointing: bool = opt(
         False, "recompute layer activations in the backward pass: less memory, more compute"
@@ -202,6 +214,12 @@ class TrainConfig(Checked, LossConfig):
             out.append(
                 f"max_prompt_length: must be in [1, max_length={self.max_length}), "
                 f"got {self.max_prompt_length}"
+            )
+        if self.precision != "auto" and (self.dtype != "auto" or self.autocast != "off"):
+            out.append(
+                f"precision: precision={self.precision} sets the weights' dtype and autocast "
+                "itself; leave dtype and autocast at their defaults (precision=mixed is what "
+                "dtype=float32 autocast=on means, precision=bf16 is dtype=bfloat16)"
             )
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             out.append(f"adam_betas: must be two numbers in [0, 1), got {self.adam_betas}")

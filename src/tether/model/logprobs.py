@@ -251,40 +251,46 @@ def _text_config(cfg: Any) -> Any:
 def sequence_logps(
     model: nn.Module,
     input_ids: Tensor,  # (B, T)
-    attention_mask: Tensor,  # (B, T)
+    attention_mask: Tensor | None,  # (B, T); None for packed rows (tether.model.packing)
     completion_mask: Tensor,  # (B, T) 1 on completion tokens (the targets), or their weights
     chunk: int = 1024,
     position_ids: Tensor | None = None,
+    sequence: Tensor | None = None,  # (B, T) which sequence each token is in; None: its row
+    sequences: int = 0,  # how many sequences ``sequence`` numbers (with ``sequence``)
 ) -> tuple[Tensor, Tensor]:
-    """Sum of completion-token log-probs ``(B,)`` fp32, and completion token counts ``(B,)``.
+    """Sum of completion-token log-probs per sequence ``(S,)`` fp32, and completion token counts
+    ``(S,)``; a sequence is a row (S = B) unless ``sequence`` says otherwise.
 
     A floating-point ``completion_mask`` holds per-token weights (LD-DPO's, from
     ``tether.losses.weighting.ld_token_weights``): the sums are Σ weight × log-prob over the
     tokens whose weight is not 0, and the counts count those tokens."""
     sums, counts, _ = _sequence_logps(model, input_ids, attention_mask, completion_mask, chunk,
-                                      position_ids, square=False)
+                                      position_ids, sequence, sequences, square=False)
     return sums, counts
 
 
 def sequence_logps_wpo(
     model: nn.Module,
     input_ids: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     completion_mask: Tensor,
     chunk: int = 1024,
     position_ids: Tensor | None = None,
+    sequence: Tensor | None = None,
+    sequences: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``sequence_logps`` plus WPO's Σ_t [log p(y_t) − log Σ_v p(v)²] per sequence ``(B,)``,
+    """``sequence_logps`` plus WPO's Σ_t [log p(y_t) − log Σ_v p(v)²] per sequence ``(S,)``,
     detached and unweighted (``tether.losses.weighting.wpo_weights``), from the same chunks."""
     sums, counts, aligned = _sequence_logps(model, input_ids, attention_mask, completion_mask,
-                                            chunk, position_ids, square=True)
+                                            chunk, position_ids, sequence, sequences, square=True)
     assert aligned is not None
     return sums, counts, aligned
 
 
 def _sequence_logps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
-    chunk: int, position_ids: Tensor | None, *, square: bool,
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, completion_mask: Tensor,
+    chunk: int, position_ids: Tensor | None, sequence: Tensor | None, sequences: int, *,
+    square: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     body, head = split_head(model)
     transform = head_transform(model)
@@ -298,14 +304,16 @@ def _sequence_logps(
     targets = input_ids[:, 1:][target_mask]  # (N,)
     token_logps, log_sq = head_logps_squares(head, h, targets, chunk, transform=transform,
                                              square=square)  # (N,) fp32 each
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(
-        target_mask
-    )[target_mask]  # (N,) which sequence each token belongs to
-    zeros = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=h.device)
+    if sequence is None:
+        sequences = input_ids.shape[0]
+        sequence = torch.arange(sequences, device=input_ids.device)[:, None].expand_as(input_ids)
+    rows = sequence[:, 1:][target_mask]  # (N,) which sequence each token belongs to
+    zeros = torch.zeros(sequences, dtype=torch.float32, device=h.device)
     aligned = zeros.index_add(0, rows, token_logps.detach() - log_sq) if square else None
     if completion_mask.is_floating_point():  # per-token weights (LD-DPO)
         token_logps = token_logps * completion_mask[:, 1:][target_mask].float()  # (N,)
-    return zeros.index_add(0, rows, token_logps), target_mask.sum(1), aligned
+    return zeros.index_add(0, rows, token_logps), torch.bincount(rows, minlength=sequences), \
+        aligned
 
 
 def head_logps(
@@ -355,11 +363,14 @@ class SequenceLogProbs(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor,
+        attention_mask: Tensor | None,
         completion_mask: Tensor,
         position_ids: Tensor | None = None,
+        sequence: Tensor | None = None,
+        sequences: int = 0,
     ) -> tuple[Tensor, ...]:
         score = sequence_logps_wpo if self.wpo else sequence_logps
         return score(
-            self.model, input_ids, attention_mask, completion_mask, self.chunk, position_ids
+            self.model, input_ids, attention_mask, completion_mask, self.chunk, position_ids,
+            sequence, sequences,
         )

@@ -1,7 +1,8 @@
 """``train(cfg)`` and ``sft(cfg)``: the one training loop, set-up helpers around it.
 
 Read ``_loop`` top to bottom: it is the whole procedure. Strategy choices (which reference,
-which data shape) are made in ``_setup`` before the loop starts.
+which data shape, which precision and attention kernel) are made in ``_setup`` before the loop
+starts.
 """
 
 from __future__ import annotations
@@ -31,15 +32,12 @@ from tether.data.batching import micro_batches, step_batches
 from tether.data.tokenization import TokenizedPair
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
-from tether.model.loading import (
-    load_model,
-    load_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    save_model,
-)
+from tether.model.flex import choose_attention
+from tether.model.loading import load_model, load_tokenizer, resolve_device, save_model
 from tether.model.logprobs import SequenceLogProbs
 from tether.model.lora import apply_lora, load_4bit, save_lora
+from tether.model.packing import scorer_inputs
+from tether.model.precision import Precision, resolve_precision, warn_if_stalled
 from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
@@ -80,7 +78,7 @@ class Setup:
     shape: Shape  # the objective's data shape: reads the rows, turns log-probs into the loss
     run: RunDir
     device: torch.device
-    autocast: bool
+    precision: Precision  # weights' dtype and the forward's autocast (model/precision.py)
     tokenizer: Any
     policy: torch.nn.Module
     reference: Reference | None
@@ -94,6 +92,7 @@ class Setup:
     dist: Dist  # rank and world size under torchrun (world 1 otherwise)
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
     prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
+    packing: bool  # padding-free batches (model/packing.py)
     grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
     after_step: Callable[[int], None]  # TR-DPO moves the reference (no-op otherwise)
     weigh_tokens: Callable[[Batch], Batch]  # LD-DPO's per-token weights (identity otherwise)
@@ -161,10 +160,10 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             micros = list(micro_batches(s.dist.shard(step_rows), cfg.grad_accum))
             for m, micro in enumerate(micros):
                 rows = [s.train_rows[i] for i in micro]
-                batch = make_batch(rows, micro, s.tokenizer.pad_token_id, s.prefix_sharing)
-                batch = batch.to(s.device)
+                batch = make_batch(rows, micro, s.tokenizer.pad_token_id, s.prefix_sharing,
+                                   s.packing).to(s.device)
                 with s.grad_sync(last=m == len(micros) - 1):
-                    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+                    with s.precision.compute(s.device):
                         out, stats = _forward(s, batch, "train")
                     # × world_size: DDP/FSDP average gradients over ranks (distributed.py)
                     loss = out.losses.sum() * s.dist.world_size / len(step_rows)
@@ -231,8 +230,7 @@ def _forward(s: Setup, batch: Batch, split: str) -> tuple[LossOutput, dict[str, 
         wpo = []
     else:
         # WPO runs also get the policy's Σ log p − log Σ p² per completion (SequenceLogProbs.wpo)
-        logps, counts, *wpo = s.scorer(batch.input_ids, batch.attention_mask,
-                                       batch.completion_mask)
+        logps, counts, *wpo = s.scorer(**scorer_inputs(batch))
     # (K·B,) sums over completion tokens and token counts, block j = every row's j-th completion
     # A shared-prefix batch only meets references that read log-probs by row (_shares_prefix).
     ref = s.reference(batch, split) if s.reference is not None else None  # type: ignore[arg-type]
@@ -250,8 +248,8 @@ def evaluate_pairs(s: Setup) -> dict[str, float]:
     for start in range(0, len(idx), s.cfg.eval_batch_size):
         chunk = idx[start : start + s.cfg.eval_batch_size]
         rows = [s.eval_rows[i] for i in chunk]
-        batch = make_batch(rows, chunk, s.tokenizer.pad_token_id, s.prefix_sharing)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+        batch = make_batch(rows, chunk, s.tokenizer.pad_token_id, s.prefix_sharing, s.packing)
+        with s.precision.compute(s.device):
             _, stats = _forward(s, batch.to(s.device), "eval")
         _accumulate(window, stats, len(chunk))
     s.policy.train()
@@ -295,7 +293,7 @@ def _finite(loss: Tensor, grad_norm: float, st: LoopState, max_bad: int) -> bool
     if st.bad_steps >= max_bad:
         raise TrainingError(
             f"step {st.step + 1}: loss or gradient non-finite for {st.bad_steps} steps in a row "
-            "(max_bad_steps); lower lr, check the data, or use dtype=float32"
+            "(max_bad_steps); lower lr, check the data, or use precision=fp32"
         )
     return False
 
@@ -349,8 +347,8 @@ def _setup(cfg: TrainConfig) -> Setup:
     seed_everything(cfg.seed)
     loss, shape, kind = loss_config(cfg), shape_of(cfg.loss), reference_kind(cfg)
     dist, device = init_distributed(cfg.distributed, resolve_device(cfg.device))
-    dtype = resolve_dtype(cfg.dtype, device)
-    autocast = _autocast(cfg.autocast, device, dtype)
+    precision = resolve_precision(cfg.precision, cfg.dtype, cfg.autocast, device, cfg.lora)
+    dtype, autocast = precision.dtype, precision.autocast
     run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
                                field="tokenizer" if cfg.tokenizer else "model",
@@ -362,9 +360,11 @@ def _setup(cfg: TrainConfig) -> Setup:
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
                             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-                            attn_implementation=cfg.attn_implementation,
                             empty=dist.empty_model)  # FSDP: only rank 0 reads the weights
+    sharing = _shares_prefix(cfg, shape, kind, dist)
+    choose_attention(cfg.attn_implementation, policy, device, sharing or cfg.packing)
     policy = apply_lora(policy, cfg)  # PEFT adapters on a frozen base (lora=true)
+    warn_if_stalled(precision, policy, cfg.lr)  # pure bf16 at DPO learning rates
     reference = copy_before_wrapping(cfg, kind, policy, dist, device, autocast)
     scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
     if reference is None:
@@ -391,10 +391,10 @@ def _setup(cfg: TrainConfig) -> Setup:
     )
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
-    return Setup(cfg, loss, shape, run, device, autocast, tokenizer, policy, reference,
+    return Setup(cfg, loss, shape, run, device, precision, tokenizer, policy, reference,
                  train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
-                 scorer, _shares_prefix(cfg, shape, kind, dist),
-                 GradSync(scorer, defer_fsdp=cfg.lora), after_step, token_weighting(loss))
+                 scorer, sharing, cfg.packing, GradSync(scorer, defer_fsdp=cfg.lora), after_step,
+                 token_weighting(loss))
 
 
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
@@ -458,16 +458,6 @@ def _lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     if kind == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return max(0.0, 1 - progress)
-
-
-def _autocast(mode: str, device: torch.device, dtype: torch.dtype) -> bool:
-    if mode == "off" or dtype != torch.float32:
-        return False
-    if mode == "on":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() == "AVX512")
 
 
 def _load_rows(

@@ -11,6 +11,7 @@ from torch import nn
 from tether.data.batching import PreferenceBatch
 from tether.model.logprobs import SequenceLogProbs
 from tether.model.lora import reference_weights
+from tether.model.packing import PackedBatch, scorer_inputs
 from tether.model.prefix_sharing import Batch, batch_logps
 from tether.training.distributed import Dist, shard_module
 from tether.training.reference.base import RefSums, split_blocks
@@ -42,10 +43,10 @@ class ScorerReference:
         self.autocast = autocast
 
     @torch.no_grad()
-    def __call__(self, batch: PreferenceBatch, split: str) -> RefSums:
+    def __call__(self, batch: PreferenceBatch | PackedBatch, split: str) -> RefSums:
         dev = batch.input_ids.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            sums, _ = self.scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+            sums, _ = self.scorer(**scorer_inputs(batch))
         return split_blocks(sums, batch.pairs)
 
 
@@ -63,7 +64,7 @@ class LoraReference:
         self.autocast = autocast
 
     @torch.no_grad()
-    def __call__(self, batch: PreferenceBatch, split: str) -> RefSums:
+    def __call__(self, batch: PreferenceBatch | PackedBatch, split: str) -> RefSums:
         dev = batch.input_ids.device
         was_training = self.model.training
         self.model.eval()  # a reference adapter with dropout must not drop
@@ -72,8 +73,7 @@ class LoraReference:
                 dev.type, dtype=torch.bfloat16, enabled=self.autocast
             ):
                 # [0]: the policy's scorer also returns WPO's sums in a WPO run
-                sums = self.scorer(batch.input_ids, batch.attention_mask,
-                                   batch.completion_mask)[0]
+                sums = self.scorer(**scorer_inputs(batch))[0]
         finally:
             self.model.train(was_training)
         return split_blocks(sums, batch.pairs)
