@@ -140,3 +140,42 @@ def test_keep_best_rules_and_config_problems(tmp_path):
     assert cfg.resume == "runs/x/checkpoints/step-2"
     assert build_config(TrainConfig, {**base, "resume": "auto"}).resume == "auto"
     assert build_config(TrainConfig, {**base, "resume": True}).resume is True
+
+
+def test_eval_takes_a_checkpoint_and_rewrites_the_card(best_run, data, tmp_path):
+    from tether.eval.config import EvalConfig
+    from tether.eval.evaluate import evaluate
+
+    base = {"data": str(data[1]), "judge": "rule", "judge_rule": "tether.eval.rules:shorter",
+            "max_new_tokens": 4, "batch_size": 4, "progress": False,
+            "cache_dir": str(tmp_path / "cache")}
+    step = best_run / "checkpoints" / "step-4"
+    results = evaluate(build_config(EvalConfig, {**base, "model": str(step)}))
+    assert results["models"]["policy"] == str(step)
+    assert results["models"]["reference"] == yaml.safe_load(
+        (best_run / "config.yaml").read_text())["model"]  # the run's starting model
+    assert (best_run / "eval" / "step-4" / "results.json").is_file()
+    card = best_run / "model" / "README.md"
+    assert "Not evaluated yet" in card.read_text()
+    results = evaluate(build_config(EvalConfig, {**base, "model": str(best_run)}))
+    text = card.read_text()
+    assert "Not evaluated yet" not in text
+    ci = results["ci95"]
+    assert f"**{results['win_rate']:.3f}** (95% CI {ci[0]:.3f}–{ci[1]:.3f})" in text
+    assert text.count("<!-- tether:eval -->") == 1
+
+
+def test_lora_checkpoint_holds_the_adapter(tmp_path, llama_dir, data):
+    from peft import PeftModel
+
+    run = train(train_config(tmp_path, model=str(llama_dir), data=str(data[0]), lora=True,
+                             max_steps=2, save_every=2, lr=1e-2))
+    step = run / "checkpoints" / "step-2"
+    assert (step / "adapter_config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    model = PeftModel.from_pretrained(base, step)
+    final = load_file(str(run / "model" / "adapter_model.safetensors"))
+    loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+    assert final and all(torch.equal(loaded[k], v) for k, v in final.items())
+    card = yaml.safe_load((run / "model" / "README.md").read_text().split("---\n")[1])
+    assert card["library_name"] == "peft" and "lora" in card["tags"]
