@@ -32,7 +32,7 @@ class HubServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 hub.requests.append({"method": "POST", "path": self.path,
                                      "authorization": self.headers.get("authorization"),
@@ -45,7 +45,7 @@ class HubServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 hub.requests.append({"method": "GET", "path": self.path,
                                      "authorization": self.headers.get("authorization")})
                 self.send_response(404)

@@ -4,9 +4,9 @@ served on 127.0.0.1 (hub_server.py); the token comes from HF_TOKEN and is never 
 from __future__ import annotations
 
 import pytest
+from hub_server import HubServer
 
 from conftest import make_pairs, train_config, write_jsonl
-from hub_server import HubServer
 from tether import cli
 from tether.training.loop import train
 

@@ -119,7 +119,7 @@ def test_resume_from_a_checkpoint_path_of_another_run(tmp_path, llama_dir, data)
     b = load_file(str(second / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # as if it had never stopped
     assert [m["step"] for m in read_metrics(second)] == [1, 2, 3, 4]
-    with pytest.raises(CheckpointError, match="resume: .*not a checkpoint"):
+    with pytest.raises(CheckpointError, match=r"resume: .*not a checkpoint"):
         train(train_config(tmp_path / "c", resume=str(tmp_path), **common))
 
 
@@ -165,17 +165,37 @@ def test_eval_takes_a_checkpoint_and_rewrites_the_card(best_run, data, tmp_path)
     assert text.count("<!-- tether:eval -->") == 1
 
 
-def test_lora_checkpoint_holds_the_adapter(tmp_path, llama_dir, data):
+def test_lora_checkpoint_holds_the_adapter(tmp_path, dropout_llama, data):
     from peft import PeftModel
 
-    run = train(train_config(tmp_path, model=str(llama_dir), data=str(data[0]), lora=True,
-                             max_steps=2, save_every=2, lr=1e-2))
+    run = train(train_config(tmp_path, model=str(dropout_llama), data=str(data[0]), lora=True,
+                             max_steps=2, save_every=2, lr=1e-2, merge=True))
     step = run / "checkpoints" / "step-2"
     assert (step / "adapter_config.json").is_file()
-    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    merged = json.loads((run / "model" / "merged" / "config.json").read_text())
+    assert merged["attention_dropout"] == 0.1  # the merged model keeps the base's dropout
+    base = AutoModelForCausalLM.from_pretrained(dropout_llama)
     model = PeftModel.from_pretrained(base, step)
     final = load_file(str(run / "model" / "adapter_model.safetensors"))
     loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
     assert final and all(torch.equal(loaded[k], v) for k, v in final.items())
     card = yaml.safe_load((run / "model" / "README.md").read_text().split("---\n")[1])
     assert card["library_name"] == "peft" and "lora" in card["tags"]
+
+
+def test_tether_cache_moves_the_default_cache_and_the_summary_is_printed(
+        tmp_path, llama_dir, data, monkeypatch, capsys):
+    from tether.io import DEFAULT_CACHE, cache_root
+
+    moved = tmp_path / "moved-cache"
+    monkeypatch.setenv("TETHER_CACHE", str(moved))
+    assert cache_root(DEFAULT_CACHE) == moved
+    assert cache_root(str(tmp_path / "mine")) == tmp_path / "mine"  # an explicit dir stays
+    run = train(train_config(tmp_path, model=str(llama_dir), data=str(data[0]), max_steps=1,
+                             cache_dir=DEFAULT_CACHE, reference="precomputed"))
+    assert any(p.is_file() for p in moved.rglob("*"))  # the reference log-probs went there
+    assert yaml.safe_load((run / "config.yaml").read_text())["cache_dir"] == str(moved)
+    out = capsys.readouterr().out
+    summary = json.loads((run / "run.json").read_text())["summary"]
+    assert (f"trained 1 steps in {summary['train_runtime_s']:.1f} s" in out
+            and "samples/s" in out and f"model: {run / 'model'}" in out)
