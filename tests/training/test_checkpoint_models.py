@@ -199,3 +199,15 @@ def test_tether_cache_moves_the_default_cache_and_the_summary_is_printed(
     summary = json.loads((run / "run.json").read_text())["summary"]
     assert (f"trained 1 steps in {summary['train_runtime_s']:.1f} s" in out
             and "samples/s" in out and f"model: {run / 'model'}" in out)
+
+
+def test_tied_embeddings_checkpoint_equals_the_saved_model(tmp_path, gpt2_dir, data):
+    # safetensors' save_model keeps one name of a tied pair (lm_head.weight); from_pretrained
+    # ties the embedding back to it
+    run = train(train_config(tmp_path, model=str(gpt2_dir), data=str(data[0]), max_steps=1,
+                             save_every=1))
+    assert AutoModelForCausalLM.from_pretrained(gpt2_dir).config.tie_word_embeddings
+    from_checkpoint = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step-1")
+    from_model = AutoModelForCausalLM.from_pretrained(run / "model")
+    a, b = from_checkpoint.state_dict(), from_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

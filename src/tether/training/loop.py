@@ -393,7 +393,6 @@ def _setup(cfg: TrainConfig) -> Setup:
                  RunRecord.start(run.path, write=dist.main))
 
 
-
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
     """Prefix sharing where it is exact and tested: one process (under DDP/FSDP the forward
     must go through the wrapper), pairs (not KTO or whole rankings), and a reference that
