@@ -24,6 +24,7 @@ _HELP = {
     "pairs": "import, sample or rewrite preference pairs (JSONL)",
     "iterate": "iterative DPO: sample, judge, train, evaluate, repeat",
     "eval": "win-rate of the trained model against its reference",
+    "push": "upload a run's model/ and its model card to the Hugging Face Hub",
     "label": "a local web page where people judge answers side by side",
     "demo": "the whole method end to end on a tiny model, offline, minutes",
     "inspect": "a report on a preference file before training: lengths, bias, duplicates",

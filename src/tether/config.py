@@ -20,7 +20,7 @@ import yaml
 
 from tether.errors import ConfigError
 from tether.fields import SEED_MAX, Checked, deferred_checks, field_help, opt, range_problems
-from tether.io import write_text
+from tether.io import cache_root, write_text
 from tether.losses.objective import LossConfig
 from tether.reference_keys import reference_problems
 from tether.yaml_loader import YamlRefused, load_yaml
@@ -157,7 +157,8 @@ class TrainConfig(Checked, LossConfig):
     eval_batch_size: int = opt(
         8, "pairs per batch for evaluation and reference passes", ge=1
     )
-    cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached")
+    cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached ($TETHER_CACHE "
+                         "replaces the default)")
     progress: bool = opt(True, "show progress bars")
 
     # --- reliability
@@ -165,8 +166,16 @@ class TrainConfig(Checked, LossConfig):
         0, "write a resumable checkpoint every N optimizer steps (0: never)", ge=0
     )
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", ge=1)
-    resume: bool | Literal["auto"] = opt(
-        False, "true: continue from the newest checkpoint; auto: if there is one"
+    save_total_limit: int | None = opt(
+        None, "TRL's name for keep_checkpoints (wins when set)", ge=1
+    )
+    keep_best: str | None = opt(
+        None, "eval metric whose best checkpoint is never pruned and becomes model/ at the end, "
+        "e.g. eval/loss (a *loss* is better lower, any other metric higher)"
+    )
+    resume: bool | Literal["auto"] | str = opt(
+        False, "true: continue from the newest checkpoint; auto: if there is one; or a "
+        "checkpoint directory (checkpoints/step-N)"
     )
     max_bad_steps: int = opt(
         5, "abort after this many non-finite losses/gradients in a row (each is skipped)", ge=1
@@ -196,6 +205,16 @@ class TrainConfig(Checked, LossConfig):
     distributed: Literal["auto", "ddp", "fsdp", "none"] = opt(
         "auto", "under torchrun: ddp (replicas) or fsdp (FSDP2 shards); auto = ddp"
     )
+
+    # --- sharing (tether push): token from the HF_TOKEN environment variable only
+    push_to_hub: str | None = opt(
+        None, "after training, upload model/ and its card to this hub repo (org/name, private)"
+    )
+
+    @property
+    def checkpoints_kept(self) -> int:
+        """keep_checkpoints, or its alias save_total_limit when that is set."""
+        return self.save_total_limit or self.keep_checkpoints
 
     def problems(self) -> list[str]:
         """Value checks that types alone cannot express."""
@@ -227,7 +246,27 @@ class TrainConfig(Checked, LossConfig):
 
         if self.loss not in LOSSES:
             return [*out, _unknown("loss", self.loss, list(LOSSES)), *_scale_problems(self)]
-        return [*out, *LossConfig.problems(self), *_scale_problems(self)]
+        return [*out, *LossConfig.problems(self), *_scale_problems(self),
+                *_checkpoint_problems(self)]
+
+
+def _checkpoint_problems(cfg: TrainConfig) -> list[str]:
+    """keep_best needs an eval metric measured at every checkpoint's step."""
+    out = []
+    if cfg.keep_checkpoints != 2 and cfg.save_total_limit not in (None, cfg.keep_checkpoints):
+        out.append(f"save_total_limit: {cfg.save_total_limit} is an alias of keep_checkpoints "
+                   f"({cfg.keep_checkpoints}); set one of them")
+    if cfg.keep_best is None:
+        return out
+    if not cfg.keep_best.startswith("eval/"):
+        out.append(f"keep_best: '{cfg.keep_best}' is not an eval metric; e.g. eval/loss or "
+                   "eval/rewards/accuracies")
+    if not cfg.eval_data or not cfg.eval_every or not cfg.save_every:
+        out.append("keep_best: needs eval_data, eval_every and save_every (checkpoints to keep)")
+    elif cfg.save_every % cfg.eval_every:
+        out.append(f"keep_best: save_every ({cfg.save_every}) must be a multiple of eval_every "
+                   f"({cfg.eval_every}), so every checkpoint has an eval value")
+    return out
 
 
 def _scale_problems(cfg: TrainConfig) -> list[str]:
@@ -500,7 +539,7 @@ def absolute_paths(cfg: C) -> C:
         value = getattr(cfg, key, None)
         if not value or not isinstance(value, str):
             continue
-        path = Path(value).expanduser()
+        path = cache_root(value) if key == "cache_dir" else Path(value).expanduser()
         if key in ("output_dir", "cache_dir") or path.exists():
             changes[key] = str(path.resolve())
     return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]

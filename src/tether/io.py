@@ -20,12 +20,30 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "atomic_write", "fsync_dir", "is_hub_id", "tensors_sha256", "write_json", "write_text",
+    "DEFAULT_CACHE",
+    "atomic_write",
+    "cache_root",
+    "fsync_dir",
+    "is_hub_id",
+    "tensors_sha256",
+    "write_json",
+    "write_text",
 ]
 
 # A Hub repo id: "name" or "org/name" of letters, digits, "-", "_" and "." (dots are common:
 # Qwen/Qwen2.5-0.5B-Instruct), without ".." or "--" (the Hub's own rule).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+$")
+
+
+DEFAULT_CACHE = "~/.cache/tether"  # the cache_dir keys' default; $TETHER_CACHE moves it
+
+
+def cache_root(cache_dir: str) -> Path:
+    """The cache directory a ``cache_dir`` key names: its default means ``$TETHER_CACHE``
+    when that is set."""
+    if cache_dir == DEFAULT_CACHE and os.environ.get("TETHER_CACHE"):
+        return Path(os.environ["TETHER_CACHE"]).expanduser()
+    return Path(cache_dir).expanduser()
 
 
 def is_hub_id(name: str) -> bool:

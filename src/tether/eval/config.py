@@ -135,7 +135,8 @@ class EvalConfig(Checked, JudgeConfig):
         "auto", "dtype of both models: auto = float32 on CPU, bfloat16 on GPUs that support it"
     )
     trust_remote_code: bool = opt(False, "allow model code from the hub (off unless you ask)")
-    cache_dir: str = opt("~/.cache/tether", "where answers, judgments and weight hashes are cached")
+    cache_dir: str = opt("~/.cache/tether", "where answers, judgments and weight hashes are cached "
+                         "($TETHER_CACHE replaces the default)")
     cache: bool = opt(True, "reuse cached answers and judgments (false: recompute everything)")
     progress: bool = opt(True, "show progress bars")
 

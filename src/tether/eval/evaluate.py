@@ -44,7 +44,8 @@ from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.redact import redact_url
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
-from tether.io import write_json, write_text
+from tether.io import cache_root, write_json, write_text
+from tether.model.card import write_eval_section
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
 __all__ = ["evaluate"]
@@ -72,16 +73,20 @@ def _read_run_config(run: Path) -> dict[str, Any]:
 
 
 def _resolve_paths(cfg: EvalConfig) -> _Paths:
-    """A run directory means run/model; the reference defaults to the run's starting model."""
+    """A run directory means run/model; the reference defaults to the run's starting model.
+    A checkpoint of a run (run/checkpoints/step-N) is a model too; its eval goes to
+    run/eval/step-N."""
     given = Path(cfg.model).expanduser()
     run: Path | None = None
-    model = cfg.model
+    model, sub = cfg.model, ""
     if (given / "model" / "config.json").is_file():
         run, model = given, str(given / "model")
     elif (given / "config.json").is_file():
         model = str(given)
         if given.name == "model" and (given.parent / "config.yaml").is_file():
             run = given.parent
+        elif given.parent.name == "checkpoints" and (given.parents[1] / "config.yaml").is_file():
+            run, sub = given.parents[1], given.name
     elif given.exists():
         raise ConfigError(
             f"model: {cfg.model} has neither config.json nor model/config.json; pass a model "
@@ -97,7 +102,7 @@ def _resolve_paths(cfg: EvalConfig) -> _Paths:
     if cfg.output_dir:
         out = Path(cfg.output_dir).expanduser() / "eval"
     elif run is not None:
-        out = run / "eval"
+        out = run / "eval" / sub if sub else run / "eval"
     else:
         raise ConfigError(
             f"output_dir: required when model ({cfg.model}) is not a run directory; "
@@ -143,15 +148,15 @@ def _run_model(
     want_answers: bool,
 ) -> _Side:
     decoding = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.num_samples, cfg.seed)
-    cache_root = Path(cfg.cache_dir).expanduser()
-    cache = GenerationCache(cache_root / "generations" if cfg.cache else None)
+    cache_dir = cache_root(cfg.cache_dir)
+    cache = GenerationCache(cache_dir / "generations" if cfg.cache else None)
     device = resolve_device(cfg.device)
     model = None
     key = None
     generations = None
     if want_answers and Path(path).expanduser().is_dir():
         # A local directory is hashed without loading it: cached answers cost no model load.
-        key = cache.key(weights_hash(path, memo_dir=cache_root), ids, decoding)
+        key = cache.key(weights_hash(path, memo_dir=cache_dir), ids, decoding)
         generations = cache.get(key)
         if generations is not None:
             log.info("%s: %d answers from the cache", role, len(generations))
@@ -217,7 +222,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if records:
         pair_rows, _ = tokenize_records(tokenizer, records, chat=chat, max_length=cfg.max_length)
     judging = cfg.judge != "none"
-    memo = Path(cfg.cache_dir).expanduser()
+    memo = cache_root(cfg.cache_dir)
     # Build the judge before generating, so a typo fails in a second, except a reward model:
     # it would sit in memory next to the models being generated from.
     early = judging and cfg.judge != "reward_model"
@@ -249,6 +254,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     })
     results = clean(results)
     _write(paths.out, results, lines, judged, policy.generations, reference.generations)
+    if write_eval_section(Path(paths.model) / "README.md", results):  # the model card's
+        log.info("eval section of %s/README.md rewritten", paths.model)
     for line in summary_lines(results):
         print(line)
     print(f"results: {paths.out / 'results.json'}  report: {paths.out / 'report.md'}")
@@ -321,7 +328,7 @@ def _judge(cfg: EvalConfig, judge: Any, prompts: Sequence[PromptRecord],
         for k, (p, r) in enumerate(zip(policy, reference, strict=True))
     ]
     both = None if cfg.both_orders == "auto" else cfg.both_orders == "on"
-    db = Path(cfg.cache_dir).expanduser() / "judgments.sqlite" if cfg.cache else None
+    db = cache_root(cfg.cache_dir) / "judgments.sqlite" if cfg.cache else None
     bar = tqdm(desc="judge", disable=not cfg.progress, leave=False)
 
     def progress(done: int, total: int) -> None:

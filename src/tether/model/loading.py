@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -15,7 +16,10 @@ from transformers.utils import logging as hf_logging
 from tether.errors import ModelError
 from tether.io import is_hub_id
 
-__all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "save_model"]
+__all__ = [
+    "load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "restore_dropout",
+    "save_model",
+]
 
 log = logging.getLogger("tether")
 hf_logging.disable_progress_bar()
@@ -107,10 +111,12 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
                                             revision=revision)
-        for key, value in config.to_dict().items():
-            # attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, ...
-            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
-                setattr(config, key, 0.0)
+        # attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, ...: zeroed in memory,
+        # remembered so that a saved config.json keeps the model's own values (restore_dropout)
+        dropout = {k: v for k, v in config.to_dict().items()
+                   if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop"))}
+        for key in dropout:
+            setattr(config, key, 0.0)
         if empty:
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(
@@ -119,6 +125,7 @@ def load_model(
                        else {}),
                 )
             disable_dropout(model)
+            setattr(model, _DROPOUT_ATTR, dropout)
             return model
         placement = {"quantization_config": quantization_config, "device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(
@@ -130,7 +137,24 @@ def load_model(
     except (OSError, ValueError) as e:
         raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None
     disable_dropout(model)
+    setattr(model, _DROPOUT_ATTR, dropout)
     return model if quantization_config is not None else model.to(device)  # type: ignore[arg-type]
+
+
+_DROPOUT_ATTR = "_tether_config_dropout"  # the config's dropout values before load_model
+
+
+def restore_dropout(model: Any, directory: Path) -> None:
+    """Put the model's own dropout values back into ``directory/config.json``: dropout is off
+    in memory for training (DPO's log-ratios), not in the model a user takes away."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dropout = getattr(base, _DROPOUT_ATTR, None)
+    path = directory / "config.json"
+    if not dropout or not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update({k: v for k, v in dropout.items() if k in config})
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -151,6 +175,7 @@ def save_model(
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=state_dict)
+    restore_dropout(model, tmp)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         os.rename(out, old)

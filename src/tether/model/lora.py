@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from tether.errors import ConfigError, ModelError
-from tether.model.loading import load_model
+from tether.model.loading import load_model, restore_dropout
 
 if TYPE_CHECKING:
     from tether.config import TrainConfig
@@ -203,4 +203,5 @@ def merge_adapter(cfg: TrainConfig, adapter: Path, out: Path, dtype: torch.dtype
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(out)
+    restore_dropout(base, out)
     log.info("merged model written to %s", out)

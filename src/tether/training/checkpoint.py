@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tether.errors import CheckpointError
 __all__ = [
     "LoopState", "checkpoint_failed", "checkpoint_paths", "latest_checkpoint", "load_checkpoint",
     "optimizer_state_by_name", "prepare_checkpoint", "prune_checkpoints", "publish_checkpoint",
-    "read_state", "save_checkpoint", "write_state",
+    "read_state", "resume_from", "save_checkpoint", "write_state",
 ]
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -173,12 +174,17 @@ def save_checkpoint(
     state: LoopState,
     fingerprint: dict[str, Any],
     keep: int,
+    export: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path."""
+    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path.
+    ``export(dir)`` adds files to the checkpoint before it is published (the model's config
+    and tokenizer: ``tether.model.export``)."""
     final, tmp = checkpoint_paths(run_dir, state.step, f"-{os.getpid()}")
     try:
         prepare_checkpoint(tmp)
         save_model(model, str(tmp / "model.safetensors"))
+        if export is not None:
+            export(tmp)
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         write_state(tmp, {"loop": state.__dict__, "scheduler": scheduler.state_dict(),
@@ -279,3 +285,16 @@ def load_checkpoint(
         ) from None
     scheduler.load_state_dict(meta["scheduler"])
     return LoopState(**meta["loop"])
+
+
+def resume_from(resume: bool | str, run_dir: Path) -> Path | None:
+    """The checkpoint ``resume`` asks for: the newest (true/auto), one named by path, or none."""
+    if resume in (True, "auto"):
+        return latest_checkpoint(run_dir)
+    if not resume:
+        return None
+    path = Path(str(resume)).expanduser()
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"resume: {path} is not a checkpoint (no state.json); pass "
+                              "true, auto or a checkpoints/step-N directory")
+    return path.resolve()

@@ -32,6 +32,7 @@ from tether.data.batching import micro_batches, step_batches
 from tether.data.tokenization import TokenizedPair
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
+from tether.model.export import write_model_files
 from tether.model.flex import choose_attention
 from tether.model.loading import load_model, load_tokenizer, resolve_device, save_model
 from tether.model.logprobs import SequenceLogProbs
@@ -42,7 +43,8 @@ from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, m
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
 from tether.shapes.pairs import token_weighting
-from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
+from tether.training.best import BestCheckpoint, prune_keeping
+from tether.training.checkpoint import LoopState, resume_from, save_checkpoint
 from tether.training.distributed import (
     Dist,
     GradSync,
@@ -53,6 +55,8 @@ from tether.training.distributed import (
     local_module,
     wrap_policy,
 )
+from tether.training.finish import adopt_metrics, finish_run, restore_best
+from tether.training.provenance import RunRecord
 from tether.training.reference import (
     Reference,
     build_reference,
@@ -96,15 +100,19 @@ class Setup:
     grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
     after_step: Callable[[int], None]  # TR-DPO moves the reference (no-op otherwise)
     weigh_tokens: Callable[[Batch], Batch]  # LD-DPO's per-token weights (identity otherwise)
+    best: BestCheckpoint | None  # keep_best: the checkpoint with the best eval metric
+    record: RunRecord  # run.json: versions, times, host, command, end-of-run summary
 
 
 def train(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
     setup = _setup(cfg)
+    start = setup.state.step, setup.state.tokens
     with StopOnSignal() as stop:
         finished = _loop(setup, stop)
     if finished:
         _save(setup)
+    finish_run(setup, finished, start)  # run.json's summary, the model card, push_to_hub
     path, d = setup.run.path, setup.dist
     # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
     # group freed after destroy_process_group can wait forever on a rank that has already left.
@@ -116,6 +124,8 @@ def train(cfg: TrainConfig) -> Path:
 
 def _save(s: Setup) -> None:
     """``model/`` on rank 0: the full model, or the LoRA adapter (+ merged with merge=true)."""
+    if s.best is not None:
+        restore_best(s.policy, s.best)  # keep_best: model/ is the best checkpoint's weights
     state = full_state_dict(s.policy, s.dist)  # FSDP gathers to rank 0's CPU; else None
     if not s.dist.main:
         return
@@ -195,9 +205,12 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 window.clear()
             if s.eval_rows and _eval_due(cfg, st.step):
                 t_eval = time.perf_counter()
-                s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
+                measured = evaluate_pairs(s)
+                s.run.log_metrics({"step": st.step, **measured})
                 st.metrics_lines += 1
                 eval_seconds += time.perf_counter() - t_eval
+                if s.best is not None:
+                    s.best.observe(st.step, measured)
             stopping = s.dist.any(stop.requested)  # all ranks stop at the same step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stopping:
                 _checkpoint(s)
@@ -299,9 +312,17 @@ def _finite(loss: Tensor, grad_norm: float, st: LoopState, max_bad: int) -> bool
 
 
 def _checkpoint(s: Setup) -> None:
-    save = save_sharded_checkpoint if s.dist.active else save_checkpoint
-    path = save(s.run.path, s.policy, s.optimizer, s.scheduler, s.state, s.fingerprint,
-                s.cfg.keep_checkpoints)
+    keep = 0 if s.best is not None else s.cfg.checkpoints_kept  # keep_best prunes below
+    if s.dist.active:
+        path = save_sharded_checkpoint(s.run.path, s.policy, s.optimizer, s.scheduler, s.state,
+                                       s.fingerprint, keep)
+    else:  # the step directory is also a model: config, generation config, tokenizer
+        path = save_checkpoint(s.run.path, s.policy, s.optimizer, s.scheduler, s.state,
+                               s.fingerprint, keep,
+                               export=lambda d: write_model_files(s.policy, s.tokenizer, d))
+    if s.best is not None:
+        s.best.checkpointed(s.state.step)
+        prune_keeping(s.run.path, s.cfg.checkpoints_kept, s.best.step)
     log.info("checkpoint %s", path)
 
 
@@ -394,7 +415,9 @@ def _setup(cfg: TrainConfig) -> Setup:
     return Setup(cfg, loss, shape, run, device, precision, tokenizer, policy, reference,
                  train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
                  scorer, sharing, cfg.packing, GradSync(scorer, defer_fsdp=cfg.lora), after_step,
-                 token_weighting(loss))
+                 token_weighting(loss),
+                 BestCheckpoint.for_run(cfg.keep_best, run.path, dist.active, state.step),
+                 RunRecord.start(run.path, write=dist.main))
 
 
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
@@ -413,7 +436,8 @@ def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Di
 # Keys that may change between a run and its resumption; every other key must match.
 # max_steps/epochs may grow to extend a run (the learning-rate schedule then follows the new
 # length, so only an unchanged length reproduces the uninterrupted run bit for bit).
-_RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
+_RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "save_total_limit", "keep_best",
+                   "push_to_hub", "progress", "log_every",
                    "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
                    "eval_data", "max_steps", "epochs",
                    # scale: the global batch (rows per step) must match, not how it is split
@@ -432,8 +456,9 @@ def _resume(
     cfg: TrainConfig, run: RunDir, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict[str, Any],
 ) -> LoopState:
-    """Continue from the newest complete checkpoint when asked; else start fresh."""
-    path = latest_checkpoint(run.path) if cfg.resume else None
+    """Continue from the newest complete checkpoint (or the one ``resume`` names) when asked;
+    else start fresh."""
+    path = resume_from(cfg.resume, run.path)
     if path is None:
         if cfg.resume is True:
             raise CheckpointError(
@@ -444,6 +469,7 @@ def _resume(
             run.metrics_path.unlink()  # a fresh run in an old directory starts a new log
         return LoopState()
     state = load_any_checkpoint(path, policy, optimizer, scheduler, fingerprint)
+    adopt_metrics(run, path)  # a checkpoint of another run directory brings its metrics
     run.truncate_metrics(state.metrics_lines)  # steps after the checkpoint are logged again
     log.info("resumed from %s (step %d)", path, state.step)
     return state

@@ -51,7 +51,8 @@ class IterateConfig(Checked, JudgeConfig):
     seed: int = opt(0, "seed (round r samples with seed + r)", ge=0, le=SEED_MAX)
     batch_size: int = opt(8, "generation batch size", ge=1)
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    cache_dir: str = opt("~/.cache/tether", "caches of reference log-probs and answers")
+    cache_dir: str = opt("~/.cache/tether", "caches of reference log-probs and answers "
+                         "($TETHER_CACHE replaces the default)")
     progress: bool = opt(True, "show progress bars")
 
     def problems(self) -> list[str]:
