@@ -60,6 +60,7 @@ from tether.training.reference import (
 )
 from tether.training.run_dir import RunDir, open_run_dir
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
+from tether.trl_names import warmup_from_ratio
 
 __all__ = ["sft", "train"]
 
@@ -354,13 +355,14 @@ def _setup(cfg: TrainConfig) -> Setup:
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps or warmup_from_ratio(cfg.warmup_ratio, total)  # TRL's ratio
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
         betas=(cfg.adam_betas[0], cfg.adam_betas[1]), weight_decay=cfg.weight_decay,
         fused=cfg.fused_adamw and dist.world_size == 1,  # no fused kernel for sharded DTensors
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
+        optimizer, lambda step: _lr_factor(step, warmup, total, cfg.scheduler)
     )
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
