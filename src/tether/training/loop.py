@@ -16,7 +16,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from tether.config import TrainConfig, absolute_paths
 from tether.data.batching import micro_batches, step_batches
+from tether.data.memory import registered
 from tether.data.tokenization import TokenizedPair
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
@@ -41,6 +43,7 @@ from tether.model.lora import apply_lora, load_4bit, save_lora
 from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
+from tether.training.callbacks import Callbacks
 from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.training.distributed import (
     Dist,
@@ -51,6 +54,7 @@ from tether.training.distributed import (
     init_distributed,
     wrap_policy,
 )
+from tether.training.objects import Objects, prepare, ready_model, ready_tokenizer
 from tether.training.reference import (
     Reference,
     build_reference,
@@ -91,15 +95,30 @@ class Setup:
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
     prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
     grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
+    callbacks: Callbacks = field(default_factory=Callbacks)  # the user's, called at 5 points
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
-    setup = _setup(cfg)
+def train(
+    config: TrainConfig | Mapping[str, Any], *, model: Any = None, ref_model: Any = None,
+    tokenizer: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
+    peft_config: Any = None, callbacks: Sequence[Any] = (),
+) -> Path:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory.
+
+    ``config``: a ``TrainConfig`` or a dict of its keys (TRL's names too); objects may stand in
+    for paths, as with TRL (``tether.training.objects``); ``callbacks``: see
+    ``tether.training.callbacks``."""
+    cfg, objects = prepare(config, model=model, ref_model=ref_model, tokenizer=tokenizer,
+                           train_dataset=train_dataset, eval_dataset=eval_dataset,
+                           peft_config=peft_config)
+    with registered(objects.datasets):
+        setup = _setup(cfg, objects)
+    setup.callbacks = Callbacks(callbacks)
     with StopOnSignal() as stop:
         finished = _loop(setup, stop)
     if finished:
         _save(setup)
+        setup.callbacks.save(setup.state.step, setup.run.model_dir)
     path, d = setup.run.path, setup.dist
     # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
     # group freed after destroy_process_group can wait forever on a rank that has already left.
@@ -121,11 +140,14 @@ def _save(s: Setup) -> None:
     log.info("model saved to %s", s.run.model_dir)
 
 
-def sft(cfg: TrainConfig) -> Path:
-    """Supervised fine-tuning: ``train`` with the ``sft`` loss (completion tokens only)."""
-    if cfg.loss != "sft":
-        cfg = dataclasses.replace(cfg, loss="sft")
-    return train(cfg)
+def sft(config: TrainConfig | Mapping[str, Any], **objects: Any) -> Path:
+    """Supervised fine-tuning: ``train`` with the ``sft`` loss (completion tokens only); the
+    same objects as ``train`` (``train_dataset`` rows are ``{prompt, completion}``)."""
+    if isinstance(config, Mapping):
+        config = {**config, "loss": "sft"}
+    elif config.loss != "sft":
+        config = dataclasses.replace(config, loss="sft")
+    return train(config, **objects)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -141,6 +163,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss,
                disable=not cfg.progress or not s.dist.main)
     policy.train()
+    s.callbacks.train_begin({"total_steps": s.total_steps, "output_dir": s.run.path})
     while st.step < s.total_steps:
         steps = step_batches(lengths, rows_per_step, st.epoch, cfg.seed, cfg.group_by_length)
         for step_rows in steps[st.step_in_epoch :]:
@@ -176,6 +199,8 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             window["grad_norm"] += grad_norm
             window["steps"] += 1
             bar.update(1)
+            if s.callbacks.step_end(st.step):  # e.g. early stopping: this step is the last
+                s.total_steps = st.step
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
                 row = _log_row(window, st, lr)
@@ -183,11 +208,14 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
                 st.metrics_lines += 1
+                s.callbacks.log(st.step, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
                 window.clear()
             if s.eval_rows and cfg.eval_every and st.step % cfg.eval_every == 0:
-                s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
+                metrics = evaluate_pairs(s)
+                s.run.log_metrics({"step": st.step, **metrics})
                 st.metrics_lines += 1
+                s.callbacks.evaluate(st.step, metrics)
             stopping = s.dist.any(stop.requested)  # all ranks stop at the same step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stopping:
                 _checkpoint(s)
@@ -204,6 +232,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     if s.eval_rows:
         final = {"step": st.step, **evaluate_pairs(s)}
         s.run.log_metrics(final)
+        s.callbacks.evaluate(st.step, {k: v for k, v in final.items() if k != "step"})
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
     return True
 
@@ -285,6 +314,7 @@ def _checkpoint(s: Setup) -> None:
     path = save(s.run.path, s.policy, s.optimizer, s.scheduler, s.state, s.fingerprint,
                 s.cfg.keep_checkpoints)
     log.info("checkpoint %s", path)
+    s.callbacks.save(s.state.step, Path(path))
 
 
 class StopOnSignal:
@@ -324,7 +354,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup(cfg: TrainConfig) -> Setup:
+def _setup(cfg: TrainConfig, objects: Objects | None = None) -> Setup:
     cfg = absolute_paths(cfg)  # config.yaml and adapter configs work from any folder
     seed_everything(cfg.seed)
     loss, shape, kind = loss_config(cfg), shape_of(cfg.loss), reference_kind(cfg)
@@ -332,12 +362,16 @@ def _setup(cfg: TrainConfig) -> Setup:
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = _autocast(cfg.autocast, device, dtype)
     run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
-                               field="tokenizer" if cfg.tokenizer else "model",
-                               revision=None if cfg.tokenizer else cfg.revision)
+    objects = objects or Objects()
+    tokenizer = ready_tokenizer(objects.tokenizer) if objects.tokenizer else load_tokenizer(
+        cfg.tokenizer or cfg.model, cfg.trust_remote_code,
+        field="tokenizer" if cfg.tokenizer else "model",
+        revision=None if cfg.tokenizer else cfg.revision)
     train_rows, eval_rows = _load_rows(cfg, shape, tokenizer, run)
     dist.check_rows(len(train_rows), cfg.batch_size * cfg.grad_accum)
-    if cfg.load_in_4bit:
+    if objects.model is not None:  # tether.train(model=...)
+        policy = ready_model(objects.model, dtype, device)
+    elif cfg.load_in_4bit:
         policy = load_4bit(cfg, device, dtype)
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
@@ -347,10 +381,11 @@ def _setup(cfg: TrainConfig) -> Setup:
     reference = copy_before_wrapping(cfg, kind, policy, dist, device, autocast)
     scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
     if reference is None:
+        ref_model = ready_model(objects.ref_model, dtype, device) if objects.ref_model else None
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
         reference = build_reference(cfg, kind, policy, scorer, dist, splits,
                                     pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
-                                    autocast=autocast)
+                                    autocast=autocast, reference_model=ref_model)
     apply_levers(cfg, policy)  # after the reference pass, which needs neither
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
