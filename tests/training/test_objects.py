@@ -160,3 +160,23 @@ def test_objects_refused_with_one_line_errors(tmp_path, tokenizer):
                      train_dataset=datasets.DatasetDict({"x": datasets.Dataset.from_list(rows)}))
     with pytest.raises(ConfigError, match="model: required"):  # neither a path nor an object
         tether.train(cfg, tokenizer=tokenizer, train_dataset=rows)
+
+
+def test_a_peft_model_trains_its_adapter_against_its_base(tmp_path, tokenizer):
+    from peft import get_peft_model
+
+    base = tiny_llama(tokenizer, hidden=32, layers=2, heads=4, kv_heads=2)
+    model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    run = tether.train(
+        {"output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
+         "max_steps": 1, "batch_size": 4, **QUIET},
+        model=model, tokenizer=tokenizer, train_dataset=make_pairs(8))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["lora"], saved["lora_r"], saved["reference"]) == (True, 2, "auto")
+    assert saved["model"] == "<in-memory PeftModel of LlamaForCausalLM>"
+    # LoRA's B starts at 0: policy == base (the reference, adapters off) at the first step
+    assert read_metrics(run)[0]["rewards/chosen"] == 0.0
+    assert (run / "model" / "adapter_config.json").exists()
+    with pytest.raises(ConfigError, match="peft_config: the model is a PeftModel"):
+        tether.train({"output_dir": str(tmp_path / "r2"), **QUIET}, model=model,
+                     tokenizer=tokenizer, train_dataset=make_pairs(8), peft_config=LoraConfig())

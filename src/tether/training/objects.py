@@ -4,8 +4,9 @@ The way TRL users work: a ``PreTrainedModel`` (or ``PeftModel``) already in memo
 tokenizer, a ``datasets.Dataset`` / ``DatasetDict`` or a list of dicts, a PEFT ``LoraConfig``.
 ``prepare`` turns them into a ``TrainConfig`` whose keys record what was passed (``model:
 <in-memory LlamaForCausalLM>``, ``data: <in-memory Dataset, 8 rows, sha256 ...>``, the
-``lora_*`` keys of the ``LoraConfig``) plus the ``Objects`` the set-up uses instead of loading.
-A config given without ``model``/``data`` is fine when the objects stand for them.
+``lora_*`` keys of the ``LoraConfig`` or of a ``PeftModel``'s adapter) plus the ``Objects``
+the set-up uses instead of loading. A config given without ``model``/``data`` is fine when
+the objects stand for them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Objects:
 
 
 def _describe(obj: Any) -> str:
+    if _is_peft(obj):  # <in-memory PeftModel of LlamaForCausalLM>
+        return f"<in-memory {type(obj).__name__} of {type(obj.get_base_model()).__name__}>"
     return f"<in-memory {type(obj).__name__}>"
 
 
@@ -100,9 +103,27 @@ def prepare(
     if peft_config is not None:
         raw.update(lora_keys(peft_config))
     if _is_peft(model):
-        raise ConfigError("model: a PeftModel is not supported yet; pass its base model and "
-                          "peft_config=LoraConfig(...)")
+        raw.update(_peft_model_keys(model, peft_config))
+    if model is not None and not isinstance(model, str) and raw.get("merge"):
+        raise ConfigError("merge: needs the base model on disk; with model=<object>, merge "
+                          "the saved adapter yourself (PeftModel.merge_and_unload)")
     return build_config(TrainConfig, raw, where="tether.train"), objects
+
+
+def _peft_model_keys(model: Any, peft_config: Any) -> dict[str, Any]:
+    """A PeftModel trains its own adapter (TRL: its reference is the base, adapters off)."""
+    from tether.model.lora import TRAINED_ADAPTER
+
+    if peft_config is not None:
+        raise ConfigError("peft_config: the model is a PeftModel with adapters already; "
+                          "drop peft_config or pass the base model")
+    if model.active_adapter != TRAINED_ADAPTER or len(model.peft_config) != 1:
+        raise ConfigError(f"model: a PeftModel needs one adapter named '{TRAINED_ADAPTER}', "
+                          f"got {', '.join(model.peft_config)}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model: the PeftModel has no trainable parameters; load it with "
+                          "PeftModel.from_pretrained(..., is_trainable=True)")
+    return lora_keys(model.peft_config[TRAINED_ADAPTER])
 
 
 def _check_model(model: Any, argument: str) -> None:
