@@ -138,6 +138,14 @@ def test_a_trl_name_and_its_tether_key_must_agree():
         build_config(TrainConfig, {**BASE, "learning_rate": 1e-5, "lr": 1e-3})
 
 
+def test_label_smoothing_beside_trl_sigmoid_is_an_error():
+    # TRL 1.16's sigmoid ignores label_smoothing; tether's dpo would train cDPO with it
+    with pytest.raises(ConfigError, match=r"label_smoothing: TRL 1\.16's sigmoid loss ignores it"):
+        build_config(TrainConfig, {**BASE, "loss_type": "sigmoid", "label_smoothing": 0.1})
+    cfg = build_config(TrainConfig, {**BASE, "loss_type": "robust", "label_smoothing": 0.1})
+    assert (cfg.loss, cfg.label_smoothing) == ("robust", 0.1)
+
+
 def test_warmup_ratio_and_constant_scheduler():
     assert build_config(TrainConfig, {**BASE, "warmup_ratio": 0.1}).warmup_ratio == 0.1
     with pytest.raises(ConfigError, match="lr_scheduler_type: 'constant'"):  # TRL's skips warm-up

@@ -234,13 +234,25 @@ SHARED = ("output_dir", "max_steps", "seed", "max_grad_norm", "weight_decay", "w
           "warmup_ratio", "gradient_checkpointing", "beta", "label_smoothing", "loss_weights",
           "max_length", "max_prompt_length", "lora_r", "lora_alpha", "lora_dropout",
           "lora_target_modules", "load_in_4bit", "trust_remote_code")
+_SHARED_NOTES = {"label_smoothing": "same meaning, except beside loss_type: sigmoid (an error: "
+                                    "TRL 1.16's sigmoid ignores it, tether's dpo is then cDPO)"}
+
+
+def _sigmoid_smoothing(raw: Mapping[str, Any]) -> list[str]:
+    """TRL 1.16's sigmoid loss has no ε; tether's dpo with label_smoothing is cDPO."""
+    types = raw.get("loss_type")
+    types = types if isinstance(types, list) else [types]
+    if "sigmoid" in types and raw.get("label_smoothing"):
+        return ["label_smoothing: TRL 1.16's sigmoid loss ignores it, tether's dpo would train "
+                "cDPO with it; remove it, or set loss=dpo instead of loss_type to mean cDPO"]
+    return []
 
 
 def translate_trl(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``raw`` with TRL names replaced by tether keys, and one problem per name whose meaning
     differs (or that clashes with the tether key given beside it)."""
     out = {k: v for k, v in raw.items() if k not in TRL_NAMES}
-    problems = []
+    problems = _sigmoid_smoothing(raw)
     for name, entry in TRL_NAMES.items():
         if name not in raw:
             continue
@@ -262,7 +274,7 @@ def trl_markdown() -> str:
     """The README's "Migrating from TRL" table (checked by tests/test_trl_names.py)."""
     lines = ["| TRL name | tether key | note |", "|---|---|---|"]
     lines += [f"| `{n}` | `{e.tether}` | {e.note} |" for n, e in TRL_NAMES.items()]
-    lines += [f"| `{n}` | `{n}` | same meaning |" for n in SHARED]
+    lines += [f"| `{n}` | `{n}` | {_SHARED_NOTES.get(n, 'same meaning')} |" for n in SHARED]
     return "\n".join(lines)
 
 
