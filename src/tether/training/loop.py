@@ -199,7 +199,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             window["grad_norm"] += grad_norm
             window["steps"] += 1
             bar.update(1)
-            if s.callbacks.step_end(st.step):  # e.g. early stopping: this step is the last
+            if s.dist.any(s.callbacks.step_end(st.step)):  # e.g. early stopping: the last step
                 s.total_steps = st.step
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
