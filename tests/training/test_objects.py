@@ -158,6 +158,9 @@ def test_objects_refused_with_one_line_errors(tmp_path, tokenizer):
     with pytest.raises(DataError, match="train_dataset: the DatasetDict has no split 'train'"):
         tether.train(cfg, model=model, tokenizer=tokenizer,
                      train_dataset=datasets.DatasetDict({"x": datasets.Dataset.from_list(rows)}))
+    with pytest.raises(ConfigError, match=r"data: given as 'x\.jsonl' and as train_dataset=; keep"):
+        tether.train({**cfg, "dataset_name": "x.jsonl"}, model=model, tokenizer=tokenizer,
+                     train_dataset=rows)
     with pytest.raises(ConfigError, match="model: required"):  # neither a path nor an object
         tether.train(cfg, tokenizer=tokenizer, train_dataset=rows)
 

@@ -78,6 +78,15 @@ def prepare(
     if isinstance(config, TrainConfig) and all(x is None for x in given):
         return config, Objects()  # paths only, as from the command line
     raw = dict(config) if isinstance(config, Mapping) else dataclasses.asdict(config)
+    if isinstance(config, Mapping):  # a TrainConfig must name some model; a dict need not
+        from tether.trl_names import translate_trl
+
+        named, _ = translate_trl(config)  # model_name_or_path is model, dataset_name data
+        for key, argument, obj in (("model", "model", model), ("data", "train_dataset",
+                                   train_dataset), ("eval_data", "eval_dataset", eval_dataset)):
+            if obj is not None and not isinstance(obj, str) and named.get(key):
+                raise ConfigError(f"{key}: given as {named[key]!r} and as {argument}=; "
+                                  "keep one")
     objects = Objects(model=model, ref_model=ref_model, tokenizer=tokenizer)
     if model is not None:
         if isinstance(model, str):
