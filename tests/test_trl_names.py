@@ -147,6 +147,8 @@ def test_label_smoothing_beside_trl_sigmoid_is_an_error():
 
 
 def test_warmup_ratio_and_constant_scheduler():
+    with pytest.raises(ConfigError, match=r"warmup_steps: a fraction \(0\.1\) .* set warmup_ratio"):
+        build_config(TrainConfig, {**BASE, "warmup_steps": 0.1})  # transformers 5: a ratio
     assert build_config(TrainConfig, {**BASE, "warmup_ratio": 0.1}).warmup_ratio == 0.1
     with pytest.raises(ConfigError, match="lr_scheduler_type: 'constant'"):  # TRL's skips warm-up
         build_config(TrainConfig, {**BASE, "lr_scheduler_type": "constant", "warmup_ratio": 0.1})

@@ -234,25 +234,36 @@ SHARED = ("output_dir", "max_steps", "seed", "max_grad_norm", "weight_decay", "w
           "warmup_ratio", "gradient_checkpointing", "beta", "label_smoothing", "loss_weights",
           "max_length", "max_prompt_length", "lora_r", "lora_alpha", "lora_dropout",
           "lora_target_modules", "load_in_4bit", "trust_remote_code")
-_SHARED_NOTES = {"label_smoothing": "same meaning, except beside loss_type: sigmoid (an error: "
+_SHARED_NOTES = {"warmup_steps": "a step count (transformers 5's fraction below 1 is an error: "
+                                 "use warmup_ratio)",
+                 "label_smoothing": "same meaning, except beside loss_type: sigmoid (an error: "
                                     "TRL 1.16's sigmoid ignores it, tether's dpo is then cDPO)"}
 
 
-def _sigmoid_smoothing(raw: Mapping[str, Any]) -> list[str]:
-    """TRL 1.16's sigmoid loss has no ε; tether's dpo with label_smoothing is cDPO."""
+def _shared_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Shared names whose meaning differs for some values: TRL 1.16's sigmoid loss has no ε
+    (tether's dpo with label_smoothing is cDPO); transformers 5's warmup_steps below 1 is a
+    ratio."""
     types = raw.get("loss_type")
     types = types if isinstance(types, list) else [types]
+    out = []
     if "sigmoid" in types and raw.get("label_smoothing"):
-        return ["label_smoothing: TRL 1.16's sigmoid loss ignores it, tether's dpo would train "
-                "cDPO with it; remove it, or set loss=dpo instead of loss_type to mean cDPO"]
-    return []
+        out.append("label_smoothing: TRL 1.16's sigmoid loss ignores it, tether's dpo would "
+                   "train cDPO with it; remove it, or set loss=dpo instead of loss_type for cDPO")
+    warmup = raw.get("warmup_steps")
+    if isinstance(warmup, float) and 0 < warmup < 1:  # transformers 5 reads it as a ratio
+        out.append(f"warmup_steps: a fraction ({warmup}) is a step count in tether; set "
+                   f"warmup_ratio={warmup} instead")
+    return out
 
 
 def translate_trl(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``raw`` with TRL names replaced by tether keys, and one problem per name whose meaning
     differs (or that clashes with the tether key given beside it)."""
     out = {k: v for k, v in raw.items() if k not in TRL_NAMES}
-    problems = _sigmoid_smoothing(raw)
+    problems = _shared_problems(raw)
+    for p in problems:  # reported here once, not again by the type check
+        out.pop(p.split(":", 1)[0], None)
     for name, entry in TRL_NAMES.items():
         if name not in raw:
             continue
