@@ -252,8 +252,8 @@ def _shared_problems(raw: Mapping[str, Any]) -> list[str]:
                    "train cDPO with it; remove it, or set loss=dpo instead of loss_type for cDPO")
     warmup = raw.get("warmup_steps")
     if isinstance(warmup, float) and 0 < warmup < 1:  # transformers 5 reads it as a ratio
-        out.append(f"warmup_steps: a fraction ({warmup}) is a step count in tether; set "
-                   f"warmup_ratio={warmup} instead")
+        out.append(f"warmup_steps: a fraction ({warmup}) of the run is warmup_ratio in tether "
+                   f"(warmup_steps counts steps); set warmup_ratio={warmup} instead")
     return out
 
 
