@@ -177,8 +177,9 @@ TRL_NAMES: dict[str, TrlName] = {
     "eval_strategy": TrlName("eval_every", _eval_strategy,
                              "steps or no (tether also evaluates at the end with eval_data)"),
     "save_strategy": TrlName("save_every", _save_strategy, "steps (every save_steps) or no"),
-    "lr_scheduler_type": TrlName("scheduler", _scheduler,
-                                 "linear, cosine; constant_with_warmup = constant"),
+    "lr_scheduler_type": TrlName(
+        "scheduler", _scheduler,
+        "linear, cosine; constant_with_warmup = constant; constant without warm-up"),
     "bf16": TrlName("autocast, dtype", _bf16,
                     "true = dtype=float32 autocast=on (fp32 weights, bf16 matmuls)"),
     "fp16": TrlName("dtype", _only({False: {}}, "use bf16=true or dtype=float16"),
