@@ -55,7 +55,7 @@ def test_all_problems_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(TrainConfig, path, [
             "batch_size=many", "beta=0", "max_length=16", "max_prompt_length=16",
-            "scheduler=exp", "learning_rate=1",
+            "scheduler=exp", "zzzz_qqq=1",
         ])
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{path}: ")
@@ -65,11 +65,11 @@ def test_all_problems_at_once(tmp_path):
         "beta: must be > 0, got 0",
         "max_prompt_length: must be in [1, max_length=16), got 16",
         "scheduler: expected one of linear, cosine, constant, got 'exp'",
-        "unknown key 'learning_rate'",
+        "unknown key 'zzzz_qqq'",
     ]
     for part in expected:
         assert part in msg
-    assert "unknown key 'learning_rate'; valid: adam_betas, attn_implementation, autocast" in msg  # no close name
+    assert "unknown key 'zzzz_qqq'; valid: adam_betas, attn_implementation, autocast" in msg  # no close name
     # a key that failed to parse is reported once (not again by the value checks)
     assert len(re.findall(r"(?<!\w)batch_size: ", msg)) == 1
 

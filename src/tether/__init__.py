@@ -8,6 +8,12 @@ The public API, one function per command::
     results = tether.evaluate(tether.EvalConfig(model=str(run_dir), data="heldout.jsonl",
                                                 judge="rule", judge_rule="mymod:score"))
 
+As with TRL, objects may stand in for paths, and callbacks watch the run::
+
+    run_dir = tether.train({"learning_rate": 5e-7, "loss_type": "sigmoid"}, model=model,
+                           tokenizer=tok, train_dataset=ds, peft_config=LoraConfig(r=16),
+                           callbacks=[tether.EarlyStopping("eval/loss", patience=2)])
+
 ``tether.pairs`` and ``tether.iterate`` run ``tether pairs`` and ``tether iterate``. Extension
 points are registries: ``register_loss`` (an objective, ``LOSSES``), ``register_shape`` (a data
 shape, ``SHAPES``), ``register_judge`` (a judge, ``JUDGES``). Names load on first use, so
@@ -52,6 +58,8 @@ _LAZY = {
     "register_shape": "tether.shapes:register_shape",
     "JUDGES": "tether.eval.judges.registry:JUDGES",
     "register_judge": "tether.eval.judges.registry:register_judge",
+    "Callback": "tether.training.callbacks:Callback",
+    "EarlyStopping": "tether.training.callbacks:EarlyStopping",
 }
 
 __all__ = [

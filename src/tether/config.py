@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
 
@@ -43,8 +43,11 @@ class TrainConfig(Checked, LossConfig):
     """Everything ``tether train`` and ``tether sft`` read. Flat keys users can type.
 
     The objective's keys (loss, beta, label_smoothing, length_normalize, gamma, ...) come
-    from ``LossConfig``, which owns their meaning and checks.
+    from ``LossConfig``, which owns their meaning and checks. TRL's names are accepted too
+    (``tether.trl_names``).
     """
+
+    trl_names: ClassVar[bool] = True  # build_config translates DPOConfig names first
 
     # --- what to train, on what, where to write it
     model: str = opt("", "model: local directory or hub id (AutoModelForCausalLM)")
@@ -92,6 +95,10 @@ class TrainConfig(Checked, LossConfig):
     max_steps: int = opt(-1, "optimizer steps; -1 means run `epochs` epochs", ge=-1)
     epochs: float = opt(1.0, "passes over the data when max_steps is -1", ge=0)
     warmup_steps: int = opt(0, "linear warm-up steps", ge=0)
+    warmup_ratio: float = opt(
+        0.0, "warm-up as a fraction of the run's steps (TRL's name; instead of warmup_steps)",
+        ge=0, le=1,
+    )
     scheduler: Literal["linear", "cosine", "constant"] = opt(
         "linear", "decay after warm-up"
     )
@@ -240,6 +247,8 @@ class TrainConfig(Checked, LossConfig):
                 "itself; leave dtype and autocast at their defaults (precision=mixed is what "
                 "dtype=float32 autocast=on means, precision=bf16 is dtype=bfloat16)"
             )
+        if self.warmup_ratio and self.warmup_steps:
+            out.append("warmup_ratio: give warmup_steps or warmup_ratio, not both")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             out.append(f"adam_betas: must be two numbers in [0, 1), got {self.adam_betas}")
         from tether.losses import LOSSES
@@ -291,8 +300,9 @@ def _scale_problems(cfg: TrainConfig) -> list[str]:
 # --------------------------------------------------------------------------- loading
 
 
-def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+def _unknown(what: str, name: str, valid: Sequence[str], also: Sequence[str] = ()) -> str:
+    """``also``: names a close match may suggest that the full list leaves out (TRL's)."""
+    close = difflib.get_close_matches(name, [*valid, *also], n=1, cutoff=0.5)
     if close:
         return f"{what}: unknown '{name}' (did you mean '{close[0]}'?)"
     return f"{what}: unknown '{name}'; valid: {', '.join(sorted(valid))}"
@@ -459,11 +469,19 @@ def build_config(cls: type[C], raw: Mapping[str, Any], where: str = "config") ->
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    fields = set(names)
     problems: list[str] = []
+    trl: list[str] = []
+    if getattr(cls, "trl_names", False):  # TRL's vocabulary -> tether keys, before the check
+        from tether.trl_names import TRL_NAMES, translate_trl
+
+        raw, problems = translate_trl(raw)
+        trl = list(TRL_NAMES)  # "did you mean" knows them
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in hints:
-            problems.append(_unknown("key", key, names).replace("key: unknown", "unknown key", 1))
+        if key not in fields:
+            message = _unknown("key", key, names, trl)
+            problems.append(message.replace("key: unknown", "unknown key", 1))
             continue
         try:
             values[key] = _coerce(key, value, hints[key])

@@ -1,4 +1,4 @@
-"""Which config classes the README documents (``scripts/readme_config.py`` writes them)."""
+"""Which config classes (and tables) the README documents (scripts/readme_config.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ CONFIG_TABLES = {
     "eval": "tether.eval.config:EvalConfig",
     "pairs": "tether.workflows.pairs:PairsConfig",
     "iterate": "tether.workflows.iterate:IterateConfig",
+    "trl": "tether.trl_names:trl_markdown",  # a function: the "Migrating from TRL" table
 }
 
 
 def render_table(name: str) -> str:
-    module, cls = CONFIG_TABLES[name].split(":")
-    return config_markdown(getattr(importlib.import_module(module), cls))
+    module, attr = CONFIG_TABLES[name].split(":")
+    obj = getattr(importlib.import_module(module), attr)
+    return config_markdown(obj) if isinstance(obj, type) else str(obj())

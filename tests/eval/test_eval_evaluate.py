@@ -80,6 +80,19 @@ def test_rule_judge_end_to_end_bookkeeping(setup, tmp_path, capsys):
     assert "win-rate" in printed and "6 pairs, 6 judgments needed" in printed
 
 
+def test_eval_dataset_in_memory_and_a_dict_config(setup, tmp_path):
+    run, _, data = setup
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    results = evaluate({"judge": "rule", "judge_rule": "tether.eval.rules:shorter",
+                        "max_new_tokens": 6, "batch_size": 4, "progress": False,
+                        "model": str(run), "output_dir": str(tmp_path / "out"),
+                        "cache_dir": str(tmp_path / "c")}, eval_dataset=rows)
+    assert results["prompts"] == 6 and results["pairs"] == 6
+    assert results["data"].startswith("<in-memory list, 6 rows, sha256 ")
+    saved = yaml.safe_load((tmp_path / "out" / "eval" / "config.yaml").read_text())
+    assert saved["data"] == results["data"]
+
+
 def test_model_against_itself_is_all_ties(setup, tmp_path):
     _, ref, data = setup
     results = evaluate(_cfg(model=str(ref), reference=str(ref), data=str(data),

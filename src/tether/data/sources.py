@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tether.data.memory import DATASETS
 from tether.data.row_limits import check_row, max_row_bytes, parse_json, too_big
 from tether.errors import DataError
 from tether.io import is_hub_id
@@ -33,6 +34,8 @@ class Row:
 
 def read_rows(path: str, split: str = "train") -> list[Row]:
     """Read raw rows from a file, a saved dataset directory, or a hub dataset id."""
+    if path in DATASETS:  # handed to tether.train in memory (tether.data.memory)
+        return _dataset_rows(DATASETS[path], path)
     p = Path(os.path.expanduser(path))
     suffix = p.suffix.lower()
     if p.is_file():

@@ -15,8 +15,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from tether.config import save_config
+from tether.config import build_config, save_config
+from tether.data.memory import dataset_name, registered
 from tether.data.records import PreferenceRecord, PromptRecord, load_preferences, load_prompts
 from tether.data.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
 from tether.errors import ConfigError, ModelError
@@ -201,8 +202,25 @@ def _check_tokenizers(tokenizer: Any, reference: str, ids: list[list[int]], prom
         )
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Write ``<run>/eval/{results.json, judgments.jsonl, report.md, plots/}``; return results."""
+def evaluate(
+    config: EvalConfig | Mapping[str, Any], *, eval_dataset: Any = None
+) -> dict[str, Any]:
+    """Write ``<run>/eval/{results.json, judgments.jsonl, report.md, plots/}``; return results.
+
+    ``config``: an ``EvalConfig`` or a dict of its keys. ``eval_dataset``: held-out rows in
+    memory (a ``datasets.Dataset``, a ``DatasetDict``'s ``split``, a list of dicts) in place of
+    ``data``, recorded as ``<in-memory Dataset, N rows, sha256 ...>``.
+    """
+    raw = dict(config) if isinstance(config, Mapping) else asdict(config)
+    if eval_dataset is None:
+        cfg = config if isinstance(config, EvalConfig) else build_config(EvalConfig, raw)
+        return _evaluate(cfg)
+    name, rows = dataset_name(eval_dataset, str(raw.get("split", "train")), "eval_dataset")
+    with registered({name: rows}):
+        return _evaluate(build_config(EvalConfig, {**raw, "data": name}))
+
+
+def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     paths = _resolve_paths(cfg)
     paths.out.mkdir(parents=True, exist_ok=True)
     # The config as it ran, less any user:password in judge_url (the API key is never in it).

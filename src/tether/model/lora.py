@@ -99,6 +99,9 @@ def apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 def _with_adapters(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    if isinstance(model, PeftModel):  # tether.train(model=PeftModel): trains its own adapter
+        return model
+
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.lora_adapter:

@@ -17,8 +17,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from tether.config import TrainConfig, absolute_paths
 from tether.data.batching import micro_batches, step_batches
+from tether.data.memory import registered
 from tether.data.tokenization import TokenizedPair
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
@@ -44,6 +45,7 @@ from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
 from tether.shapes.pairs import token_weighting
 from tether.training.best import BestCheckpoint, prune_keeping
+from tether.training.callbacks import Callbacks
 from tether.training.checkpoint import LoopState, resume_from, save_checkpoint
 from tether.training.distributed import (
     Dist,
@@ -56,6 +58,7 @@ from tether.training.distributed import (
     wrap_policy,
 )
 from tether.training.finish import adopt_metrics, finish_run, restore_best
+from tether.training.objects import Objects, prepare, ready_model, ready_tokenizer
 from tether.training.provenance import RunRecord
 from tether.training.reference import (
     Reference,
@@ -67,6 +70,7 @@ from tether.training.reference import (
 )
 from tether.training.run_dir import RunDir, open_run_dir
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
+from tether.trl_names import warmup_from_ratio
 
 __all__ = ["sft", "train"]
 
@@ -102,16 +106,31 @@ class Setup:
     weigh_tokens: Callable[[Batch], Batch]  # LD-DPO's per-token weights (identity otherwise)
     best: BestCheckpoint | None  # keep_best: the checkpoint with the best eval metric
     record: RunRecord  # run.json: versions, times, host, command, end-of-run summary
+    callbacks: Callbacks = field(default_factory=Callbacks)  # the user's, called at 5 points
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
-    setup = _setup(cfg)
+def train(
+    config: TrainConfig | Mapping[str, Any], *, model: Any = None, ref_model: Any = None,
+    tokenizer: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
+    peft_config: Any = None, callbacks: Sequence[Any] = (),
+) -> Path:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory.
+
+    ``config``: a ``TrainConfig`` or a dict of its keys (TRL's names too); objects may stand in
+    for paths, as with TRL (``tether.training.objects``); ``callbacks``: see
+    ``tether.training.callbacks``."""
+    cfg, objects = prepare(config, model=model, ref_model=ref_model, tokenizer=tokenizer,
+                           train_dataset=train_dataset, eval_dataset=eval_dataset,
+                           peft_config=peft_config)
+    with registered(objects.datasets):
+        setup = _setup(cfg, objects)
+    setup.callbacks = Callbacks(callbacks)
     start = setup.state.step, setup.state.tokens
     with StopOnSignal() as stop:
         finished = _loop(setup, stop)
     if finished:
         _save(setup)
+        setup.callbacks.save(setup.state.step, setup.run.model_dir)
     finish_run(setup, finished, start)  # run.json's summary, the model card, push_to_hub
     path, d = setup.run.path, setup.dist
     # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
@@ -136,11 +155,14 @@ def _save(s: Setup) -> None:
     log.info("model saved to %s", s.run.model_dir)
 
 
-def sft(cfg: TrainConfig) -> Path:
-    """Supervised fine-tuning: ``train`` with the ``sft`` loss (completion tokens only)."""
-    if cfg.loss != "sft":
-        cfg = dataclasses.replace(cfg, loss="sft")
-    return train(cfg)
+def sft(config: TrainConfig | Mapping[str, Any], **objects: Any) -> Path:
+    """Supervised fine-tuning: ``train`` with the ``sft`` loss (completion tokens only); the
+    same objects as ``train`` (``train_dataset`` rows are ``{prompt, completion}``)."""
+    if isinstance(config, Mapping):
+        config = {**config, "loss": "sft"}
+    elif config.loss != "sft":
+        config = dataclasses.replace(config, loss="sft")
+    return train(config, **objects)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -157,6 +179,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     bar = tqdm(total=s.total_steps, initial=st.step, desc=cfg.loss,
                disable=not cfg.progress or not s.dist.main)
     policy.train()
+    s.callbacks.train_begin({"total_steps": s.total_steps, "output_dir": s.run.path})
     while st.step < s.total_steps:
         steps = step_batches(lengths, rows_per_step, st.epoch, cfg.seed, cfg.group_by_length)
         for step_rows in steps[st.step_in_epoch :]:
@@ -193,6 +216,8 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             window["grad_norm"] += grad_norm
             window["steps"] += 1
             bar.update(1)
+            if s.dist.any(s.callbacks.step_end(st.step)):  # e.g. early stopping: the last step
+                s.total_steps = st.step
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
                 row = _log_row(window, st, lr)
@@ -200,6 +225,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
                 s.run.log_metrics(row)
                 st.metrics_lines += 1
+                s.callbacks.log(st.step, row)
                 bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "rewards/accuracies")
                                  if row.get(k) is not None})  # SFT has no accuracy
                 window.clear()
@@ -211,6 +237,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 eval_seconds += time.perf_counter() - t_eval
                 if s.best is not None:
                     s.best.observe(st.step, measured)
+                s.callbacks.evaluate(st.step, measured)
             stopping = s.dist.any(stop.requested)  # all ranks stop at the same step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stopping:
                 _checkpoint(s)
@@ -227,6 +254,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     if s.eval_rows and not _eval_due(cfg, st.step):  # else the last step just evaluated
         final = {"step": st.step, **evaluate_pairs(s)}
         s.run.log_metrics(final)
+        s.callbacks.evaluate(st.step, {k: v for k, v in final.items() if k != "step"})
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
     return True
 
@@ -324,6 +352,7 @@ def _checkpoint(s: Setup) -> None:
         s.best.checkpointed(s.state.step)
         prune_keeping(s.run.path, s.cfg.checkpoints_kept, s.best.step)
     log.info("checkpoint %s", path)
+    s.callbacks.save(s.state.step, Path(path))
 
 
 class StopOnSignal:
@@ -363,7 +392,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup(cfg: TrainConfig) -> Setup:
+def _setup(cfg: TrainConfig, objects: Objects | None = None) -> Setup:
     cfg = absolute_paths(cfg)  # config.yaml and adapter configs work from any folder
     seed_everything(cfg.seed)
     loss, shape, kind = loss_config(cfg), shape_of(cfg.loss), reference_kind(cfg)
@@ -371,12 +400,16 @@ def _setup(cfg: TrainConfig) -> Setup:
     precision = resolve_precision(cfg.precision, cfg.dtype, cfg.autocast, device, cfg.lora)
     dtype, autocast = precision.dtype, precision.autocast
     run = open_run_dir(cfg.output_dir, cfg, dist)  # rank 0 writes, the others read
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code,
-                               field="tokenizer" if cfg.tokenizer else "model",
-                               revision=None if cfg.tokenizer else cfg.revision)
+    objects = objects or Objects()
+    tokenizer = ready_tokenizer(objects.tokenizer) if objects.tokenizer else load_tokenizer(
+        cfg.tokenizer or cfg.model, cfg.trust_remote_code,
+        field="tokenizer" if cfg.tokenizer else "model",
+        revision=None if cfg.tokenizer else cfg.revision)
     train_rows, eval_rows = _load_rows(cfg, shape, tokenizer, run)
     dist.check_rows(len(train_rows), cfg.batch_size * cfg.grad_accum)
-    if cfg.load_in_4bit:
+    if objects.model is not None:  # tether.train(model=...)
+        policy = ready_model(objects.model, dtype, device)
+    elif cfg.load_in_4bit:
         policy = load_4bit(cfg, device, dtype)
     else:
         policy = load_model(cfg.model, dtype=dtype, device=dist.load_device(device),
@@ -389,10 +422,11 @@ def _setup(cfg: TrainConfig) -> Setup:
     reference = copy_before_wrapping(cfg, kind, policy, dist, device, autocast)
     scorer = wrap_policy(policy, dist, device, cfg.logprob_chunk, autocast)  # DDP / FSDP2
     if reference is None:
+        ref_model = ready_model(objects.ref_model, dtype, device) if objects.ref_model else None
         splits = {"train": train_rows, **({"eval": eval_rows} if eval_rows else {})}
         reference = build_reference(cfg, kind, policy, scorer, dist, splits,
                                     pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
-                                    autocast=autocast)
+                                    autocast=autocast, reference_model=ref_model)
     policy_scorer = local_module(scorer)
     assert isinstance(policy_scorer, SequenceLogProbs)
     policy_scorer.wpo = cfg.use_weighting  # WPO: the head also gives log Σ p² per token
@@ -402,13 +436,14 @@ def _setup(cfg: TrainConfig) -> Setup:
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     steps_per_epoch = max(1, len(train_rows) // rows_per_step)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps or warmup_from_ratio(cfg.warmup_ratio, total)  # TRL's ratio
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
         betas=(cfg.adam_betas[0], cfg.adam_betas[1]), weight_decay=cfg.weight_decay,
         fused=cfg.fused_adamw and dist.world_size == 1,  # no fused kernel for sharded DTensors
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total, cfg.scheduler)
+        optimizer, lambda step: _lr_factor(step, warmup, total, cfg.scheduler)
     )
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)

@@ -83,15 +83,20 @@ def build_reference(
     dtype: torch.dtype,
     autocast: bool,
     prefix_sharing: bool = False,
+    reference_model: nn.Module | None = None,
 ) -> Reference | None:
     """The reference strategy ``kind``; its model is the policy's start unless
-    ``reference_model``. ``None`` for ``kind=none``."""
+    ``reference_model`` (a path in the config, or the model object given here). ``None`` for
+    ``kind=none``."""
     if kind == "none":
         return None
     if kind == "lora":
         return LoraReference(policy, local_module(scorer), autocast)  # the base, adapters off
     model = policy
-    if cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
+    if reference_model is not None:  # tether.train(ref_model=...)
+        model = reference_model
+        scorer = frozen_scorer(model, d, device, cfg.logprob_chunk)
+    elif cfg.reference_model:  # e.g. iterative DPO with the reference fixed at the SFT model
         model = load_model(cfg.reference_model, dtype=dtype, device=d.load_device(device),
                            trust_remote_code=cfg.trust_remote_code, empty=d.empty_model)
         scorer = frozen_scorer(model, d, device, cfg.logprob_chunk)  # sharded under FSDP
