@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_write", "fsync_dir", "tensors_sha256", "write_json", "write_text"]
+__all__ = ["atomic_write", "file_sha256", "fsync_dir", "tensors_sha256", "write_json",
+           "write_text"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -58,6 +59,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
