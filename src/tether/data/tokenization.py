@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from tether.data.records import Message, PreferenceRecord, Text
-from tether.errors import DataError
+from tether.errors import DataError, ModelError
 
-__all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "tokenize_records", "use_chat"]
+__all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "render_chat", "tokenize_records",
+           "use_chat"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,22 @@ def use_chat(tokenizer: Any, mode: Literal["auto", "on", "off"], conversational:
     return mode == "on" or (mode == "auto" and has and conversational)
 
 
+def render_chat(tokenizer: Any, messages: list[Message], **kwargs: Any) -> str:
+    """``apply_chat_template(messages, tokenize=False)``; a template that fails (or that
+    transformers' Jinja sandbox stops, e.g. reaching for ``__class__``) is a one-line
+    ModelError, not a traceback from inside Jinja."""
+    from jinja2 import TemplateError
+
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs))
+    except TemplateError as e:
+        raise ModelError(
+            f"tokenizer: its chat template failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); fix or replace the template in "
+            "tokenizer_config.json, or use chat_template=off"
+        ) from None
+
+
 def _as_messages(text: Text, role: str) -> list[Message]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
@@ -92,8 +109,8 @@ def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple
     if chat:
         p = _as_messages(prompt, "user")
         c = _as_messages(completion, "assistant")
-        ptext = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(p + c, tokenize=False)
+        ptext = render_chat(tokenizer, p, add_generation_prompt=True)
+        full = render_chat(tokenizer, p + c)
         if not full.startswith(ptext):
             raise DataError(
                 "chat template renders the prompt differently with and without the answer; "
@@ -107,9 +124,7 @@ def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple
 def prompt_ids(tokenizer: Any, prompt: Text, chat: bool) -> list[int]:
     """The prompt's token ids exactly as training sees them (generation starts from these)."""
     if chat:
-        text = tokenizer.apply_chat_template(
-            _as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True
-        )
+        text = render_chat(tokenizer, _as_messages(prompt, "user"), add_generation_prompt=True)
         return _ids(tokenizer, text, False)
     return _ids(tokenizer, _plain(prompt, prompt=True), True)
 

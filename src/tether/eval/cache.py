@@ -16,6 +16,7 @@ from types import TracebackType
 
 from tether.eval.hashing import digest
 from tether.eval.judges.base import Verdict
+from tether.io import make_dir
 
 __all__ = ["JudgmentCache", "judgment_key"]
 
@@ -43,7 +44,7 @@ class JudgmentCache:
 
     def __init__(self, path: Path | None) -> None:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(path.parent, "cache_dir")
         self.path = path
         self._conn = sqlite3.connect(
             str(path) if path is not None else ":memory:", check_same_thread=False, timeout=30

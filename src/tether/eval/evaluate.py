@@ -43,7 +43,7 @@ from tether.eval.judges.registry import build_judge
 from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
-from tether.io import write_json, write_text
+from tether.io import make_dir, write_json, write_text
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
 __all__ = ["evaluate"]
@@ -198,7 +198,7 @@ def _check_tokenizers(tokenizer: Any, reference: str, ids: list[list[int]], prom
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Write ``<run>/eval/{results.json, judgments.jsonl, report.md, plots/}``; return results."""
     paths = _resolve_paths(cfg)
-    paths.out.mkdir(parents=True, exist_ok=True)
+    make_dir(paths.out, "output_dir")  # a read-only place fails before any generation
     save_config(cfg, paths.out / "config.yaml")
     tokenizer = load_tokenizer(cfg.tokenizer or paths.model, cfg.trust_remote_code)
     prompts = load_prompts(cfg.data, field_map=cfg.field_map,

@@ -24,7 +24,7 @@ from transformers import GenerationConfig
 
 from tether.errors import ConfigError
 from tether.eval.hashing import digest
-from tether.io import write_json
+from tether.io import make_dir, write_json
 
 __all__ = [
     "Decoding", "Generation", "GenerationCache", "context_window", "fit_prompts", "fit_to_context",
@@ -214,6 +214,6 @@ class GenerationCache:
     def put(self, key: str, generations: Sequence[Generation]) -> None:
         if self.root is None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dir(self.root, "cache_dir")
         path = self.root / f"{key}.json"
         write_json(path, [dataclasses.asdict(g) for g in generations], indent=None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -107,10 +108,16 @@ def load_model(
         placement = {"quantization_config": quantization_config, "device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle weights (pytorch_model.bin)
             **(placement if quantization_config is not None else {}),
         )
-    except (OSError, ValueError) as e:
-        raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = ("; the weights file is damaged or incomplete: copy it again"
+                if isinstance(e, SafetensorError) else
+                "; tether reads weights only from safetensors, never pickle (.bin): convert "
+                "them once where you trust the file" if "safetensors" in first else "")
+        raise ModelError(f"model: cannot load '{name}' ({first}){hint}") from None
     disable_dropout(model)
     return model if quantization_config is not None else model.to(device)  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from tether.config import build_config
 from tether.eval.config import EvalConfig, JudgeConfig
 from tether.fields import Checked, opt
-from tether.io import write_json
+from tether.io import make_dir, write_json
 
 __all__ = ["IterateConfig", "iterate"]
 
@@ -73,8 +73,7 @@ def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
     from tether.training.loop import TrainConfig, train
     from tether.workflows.pairs import PairsConfig, sample
 
-    out = Path(cfg.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(cfg.output_dir, "output_dir")
     start, current, history = cfg.model, cfg.model, []
     common = {"device": cfg.device, "progress": cfg.progress}
     for r in range(1, cfg.rounds + 1):
