@@ -13,6 +13,7 @@ Policy, stated once:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -20,8 +21,10 @@ from typing import Any, Literal
 from tether.data.records import Message, PreferenceRecord, Text
 from tether.errors import DataError, ModelError
 
-__all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "render_chat", "tokenize_records",
-           "use_chat"]
+__all__ = ["TokenizedPair", "TruncationAudit", "beyond_context", "prompt_ids", "render_chat",
+           "tokenize_records", "use_chat"]
+
+log = logging.getLogger("tether")
 
 
 @dataclass(frozen=True)
@@ -194,3 +197,17 @@ def tokenize_records(
             chosen, rejected = chosen[:room], rejected[:room]
         out.append(TokenizedPair(p_ids, chosen, rejected, rec.source))
     return out, audit
+
+
+def beyond_context(split: str, rows: Sequence[TokenizedPair], window: int | None) -> int:
+    """How many rows are longer than the model's context window (``None``: unknown), warned
+    once with the count: ``max_length`` (default 1024) need not fit the model, and a row past
+    the window trains on positions the model never saw (or fails on learned positions)."""
+    beyond = sum(r.length > window for r in rows) if window else 0
+    if beyond:
+        log.warning(
+            "%s: %d of %d rows are longer than the model's context window (%d tokens); set "
+            "max_length=%d (and max_prompt_length) to cut them", split, beyond, len(rows),
+            window, window,
+        )
+    return beyond

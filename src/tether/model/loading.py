@@ -15,7 +15,8 @@ from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelError
 
-__all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "save_model"]
+__all__ = ["context_window", "load_model", "load_tokenizer", "resolve_device", "resolve_dtype",
+           "save_model"]
 
 log = logging.getLogger("tether")
 hf_logging.disable_progress_bar()
@@ -120,6 +121,21 @@ def load_model(
         raise ModelError(f"model: cannot load '{name}' ({first}){hint}") from None
     disable_dropout(model)
     return model if quantization_config is not None else model.to(device)  # type: ignore[arg-type]
+
+
+def context_window(path: str, trust_remote_code: bool = False) -> int | None:
+    """The longest sequence the model at ``path`` takes (its config's max_position_embeddings,
+    or n_positions for GPT-2-style configs), without loading the weights; None if unstated."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # loading the model itself will report what is wrong
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
