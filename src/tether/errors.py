@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "JudgeError",
     "ModelError",
+    "OutputError",
     "TetherError",
     "TrainingError",
 ]
@@ -45,3 +46,13 @@ class JudgeError(TetherError):
 
 class TrainingError(TetherError):
     """Training cannot go on (e.g. the loss stayed non-finite for ``max_bad_steps`` steps)."""
+
+
+class OutputError(TetherError, OSError):
+    """An output that cannot be written (read-only location, full disk, a file in the way).
+
+    Also an ``OSError``, so code that cleans up after a failed write (a checkpoint's temporary
+    directory) handles it like the error it replaces; ``strerror`` is the system's reason."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return str(self.args[0]) if self.args else ""

@@ -1,13 +1,18 @@
-"""Files that are whole or absent (one atomic-write helper), the one weight hasher, hub ids.
+"""Files that are whole or absent (one atomic-write helper), output directories, hashers,
+hub ids.
 
 ``atomic_write`` writes to a temporary file beside the target, fsyncs it, renames it over the
 target and fsyncs the directory, so a crash (or a full disk) at any point leaves either the old
 file or the new one, never half of one, and no temporary file behind. Every write of state,
-caches and results goes through it.
+caches and results goes through it, and a write the system refuses (read-only location, full
+disk) becomes a one-line ``OutputError`` naming the file. ``make_dir`` creates an output
+directory and checks it can be written before any work is done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,20 +21,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether.errors import OutputError
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "DEFAULT_CACHE",
-    "atomic_write",
-    "cache_root",
-    "fsync_dir",
-    "is_hub_id",
-    "tensors_sha256",
-    "write_json",
-    "write_text",
+    "DEFAULT_CACHE", "atomic_write", "cache_root", "check_writable", "file_sha256", "fsync_dir",
+    "is_hub_id", "make_dir", "output_error", "tensors_sha256", "write_json", "write_text",
 ]
-
 # A Hub repo id: "name" or "org/name" of letters, digits, "-", "_" and "." (dots are common:
 # Qwen/Qwen2.5-0.5B-Instruct), without ".." or "--" (the Hub's own rule).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+$")
@@ -50,6 +50,17 @@ def is_hub_id(name: str) -> bool:
     """Whether ``name`` can name a model or dataset repository on the Hub."""
     return bool(_HUB_ID.fullmatch(name)) and ".." not in name and "--" not in name
 
+# What to do about a refused write, by errno.
+_FIXES = {
+    errno.ENOSPC: "free disk space and run again",
+    errno.EDQUOT: "free disk space (quota) and run again",
+    errno.EROFS: "choose a location on a writable file system",
+    errno.EACCES: "choose a location you may write to, or change its permissions",
+    errno.EPERM: "choose a location you may write to, or change its permissions",
+    errno.EEXIST: "a file is in the way; remove it or choose another path",
+    errno.ENOTDIR: "a file is in the way of a directory; remove it or choose another path",
+}
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
@@ -63,23 +74,87 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def output_error(
+    path: str | Path, error: OSError, doing: str = "write", key: str | None = None
+) -> OutputError:
+    """A one-line ``OutputError``: the config key (if any), the path, the system's reason and
+    what to do about it."""
+    reason = error.strerror or str(error) or type(error).__name__
+    fix = _FIXES.get(error.errno or 0, "check the path and its permissions")
+    where = f"{key} {path}" if key else str(path)
+    out = OutputError(f"{where}: cannot {doing} ({reason}); {fix}")
+    out.errno, out.strerror, out.filename = error.errno, reason, str(path)
+    return out
+
+
+def _as_os_error(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``: itself, or the one a writer reports only in its message
+    (safetensors raises ``SafetensorError('... I/O error: No space left ... (os error 28)')``)."""
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"os error (\d+)", str(error))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
 def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
-    """Replace ``path`` by ``data`` (bytes, or a function that writes a given path) atomically."""
+    """Replace ``path`` by ``data`` (bytes, or a function that writes a given path) atomically.
+
+    A write the system refuses raises ``OutputError`` (an ``OSError``) naming ``path``.
+
+    Test hook: with the environment variable ``TETHER_FAULT_ENOSPC`` set to a substring of
+    ``path``, the write fails as on a full disk (after the temporary file is created), so
+    tests can fill the disk at one chosen file. Read here only; unset in normal use.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fault = os.environ.get("TETHER_FAULT_ENOSPC")
     try:
         if callable(data):
             data(tmp)
         else:
             with open(tmp, "wb") as f:
                 f.write(data)
+        if fault and fault in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (TETHER_FAULT_ENOSPC)")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # a read-only place refuses the unlink too
+            tmp.unlink(missing_ok=True)
+        refused = None if isinstance(e, OutputError) else _as_os_error(e)
+        if refused is not None:
+            raise output_error(path, refused) from None
         raise
     fsync_dir(path.parent)
+
+
+def make_dir(path: str | Path, key: str) -> Path:
+    """Create the output directory ``path`` (config key ``key``) and check that it can be
+    written, so a read-only or full location fails now, not after hours of work."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{key}: {path} is a file, not a directory; choose another {key} "
+                          "or remove the file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(path, e, "create it", key) from None
+    return check_writable(path, key)
+
+
+def check_writable(path: Path, key: str) -> Path:
+    """``path`` (an existing directory, config key ``key``) takes a new file, or OutputError."""
+    probe = path / f".tether-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise output_error(path, e, "write there", key) from None
+    return path
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -88,6 +163,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:

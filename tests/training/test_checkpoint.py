@@ -18,6 +18,7 @@ import torch
 from conftest import make_pairs, write_jsonl
 from tether.config import TrainConfig, load_config
 from tether.errors import CheckpointError, TrainingError
+from tether.io import file_sha256
 from tether.losses import LOSS_SPECS, LOSSES, LossOutput, register
 from tether.training import checkpoint as ckpt_module
 from tether.training.checkpoint import latest_checkpoint
@@ -146,6 +147,10 @@ def test_checkpoint_with_pickle_payload_is_refused(data, llama_dir):
     ckpt = latest_checkpoint(data / "pickled")
     Path("/tmp/tether-pickle-ran").unlink(missing_ok=True)
     (ckpt / "model.safetensors").write_bytes(pickle.dumps(_Payload()))
+    # A crafted checkpoint carries matching checksums: it is refused as a file format.
+    state = json.loads((ckpt / "state.json").read_text())
+    state["files"]["model.safetensors"] = file_sha256(ckpt / "model.safetensors")
+    (ckpt / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="only safetensors and JSON"):
         train(_cfg(data, llama_dir, "pickled", "max_steps=2", "resume=true"))
     assert not Path("/tmp/tether-pickle-ran").exists()

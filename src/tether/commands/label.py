@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tether.errors import ConfigError, DataError, TetherError
+from tether.io import check_writable
 from tether.ui.export import export_preferences, summary, write_json
 from tether.ui.inputs import read_items
 from tether.ui.server import serve
@@ -90,6 +91,8 @@ def _print_summary(data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     if _report_only(args) and args.items is None and not args.db.exists():
         raise ConfigError(f"--db {args.db}: no such database; give the --db you labeled with")
+    if args.db.parent.is_dir():  # the store writes even to export (WAL, settings)
+        check_writable(args.db.parent, "--db")
     store = LabelStore(args.db, mode=args.mode, seed=args.seed, overlap=args.overlap,
                        overlap_annotators=args.overlap_annotators,
                        session_ttl=3600 * args.session_hours)

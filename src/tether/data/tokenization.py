@@ -22,15 +22,19 @@ Policy, stated once:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from tether.data.records import Message, PreferenceRecord, Text
-from tether.errors import DataError
+from tether.errors import DataError, ModelError
 
-__all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "tokenize_records", "use_chat"]
+__all__ = ["TokenizedPair", "TruncationAudit", "beyond_context", "prompt_ids", "render_chat",
+           "tokenize_records", "use_chat"]
+
+log = logging.getLogger("tether")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,22 @@ def use_chat(tokenizer: Any, mode: Literal["auto", "on", "off"], conversational:
     return mode == "on" or (mode == "auto" and has and conversational)
 
 
+def render_chat(tokenizer: Any, messages: list[Message], **kwargs: Any) -> str:
+    """``apply_chat_template(messages, tokenize=False)``; a template that fails (or that
+    transformers' Jinja sandbox stops, e.g. reaching for ``__class__``) is a one-line
+    ModelError, not a traceback from inside Jinja."""
+    from jinja2 import TemplateError
+
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs))
+    except TemplateError as e:
+        raise ModelError(
+            f"tokenizer: its chat template failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); fix or replace the template in "
+            "tokenizer_config.json, or use chat_template=off"
+        ) from None
+
+
 def _as_messages(text: Text, role: str) -> list[Message]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
@@ -102,8 +122,8 @@ def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple
     if chat:
         p = _as_messages(prompt, "user")
         c = _as_messages(completion, "assistant")
-        ptext = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(p + c, tokenize=False)
+        ptext = render_chat(tokenizer, p, add_generation_prompt=True)
+        full = render_chat(tokenizer, p + c)
         if not full.startswith(ptext):
             # e.g. Gemma 4: the generation prompt opens an empty thought channel that the
             # template leaves out of an answered turn, so no boundary is both exact and true.
@@ -121,9 +141,7 @@ def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple
 def prompt_ids(tokenizer: Any, prompt: Text, chat: bool) -> list[int]:
     """The prompt's token ids exactly as training sees them (generation starts from these)."""
     if chat:
-        text = tokenizer.apply_chat_template(
-            _as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True
-        )
+        text = render_chat(tokenizer, _as_messages(prompt, "user"), add_generation_prompt=True)
         return _ids(tokenizer, text, False)
     return _ids(tokenizer, _plain(prompt, prompt=True), True)
 
@@ -226,3 +244,17 @@ def tokenize_records(
             chosen, rejected = chosen[:room], rejected[:room]
         out.append(TokenizedPair(p_ids, chosen, rejected, rec.source))
     return out, audit
+
+
+def beyond_context(split: str, rows: Sequence[TokenizedPair], window: int | None) -> int:
+    """How many rows are longer than the model's context window (``None``: unknown), warned
+    once with the count: ``max_length`` (default 1024) need not fit the model, and a row past
+    the window trains on positions the model never saw (or fails on learned positions)."""
+    beyond = sum(r.length > window for r in rows) if window else 0
+    if beyond:
+        log.warning(
+            "%s: %d of %d rows are longer than the model's context window (%d tokens); set "
+            "max_length=%d (and max_prompt_length) to cut them", split, beyond, len(rows),
+            window, window,
+        )
+    return beyond

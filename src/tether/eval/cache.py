@@ -1,8 +1,10 @@
 """SQLite (WAL) cache of judge verdicts, so an interrupted evaluation resumes without repeats.
 
 A verdict is keyed by the judge's identity, its template hash, the prompt, the two answers in
-display order and the data row (rules read ground truth from it). Verdicts with an ``error``
-(the judge never answered) are not stored, so the next run asks again.
+display order and the data row (rules read ground truth from it). Only parsed verdicts (A, B,
+tie) are stored: a judge that never answered (``error``) or whose answer could not be read
+(``unparsed``: a glitch, a server since fixed) is asked again by the next run, never cached
+for good. ``unparsed`` rows that older versions stored are ignored on reading.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from types import TracebackType
 
 from tether.eval.hashing import digest
 from tether.eval.judges.base import Verdict
+from tether.io import make_dir
 
 __all__ = ["JudgmentCache", "judgment_key"]
 
@@ -43,7 +46,7 @@ class JudgmentCache:
 
     def __init__(self, path: Path | None) -> None:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(path.parent, "cache_dir")
         self.path = path
         self._conn = sqlite3.connect(
             str(path) if path is not None else ":memory:", check_same_thread=False, timeout=30
@@ -65,18 +68,20 @@ class JudgmentCache:
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 rows = self._conn.execute(
-                    f"SELECT key, winner, p_a, raw FROM judgments WHERE key IN ({marks})", chunk
+                    f"SELECT key, winner, p_a, raw FROM judgments WHERE key IN ({marks}) "
+                    "AND winner != 'unparsed'", chunk
                 ).fetchall()
                 for key, winner, p_a, raw in rows:
                     out[key] = Verdict(winner, p_a=p_a, raw=raw)
         return out
 
     def put_many(self, entries: Iterable[tuple[str, str, str, Verdict]]) -> int:
-        """Store (key, identity, template_hash, verdict) rows; returns how many were stored."""
+        """Store (key, identity, template_hash, verdict) rows that hold a parsed verdict;
+        returns how many were stored."""
         rows = [
             (key, identity, template_hash, v.winner, v.p_a, v.raw, time.time())
             for key, identity, template_hash, v in entries
-            if v.error is None
+            if v.error is None and v.winner != "unparsed"
         ]
         with self._lock:
             self._conn.executemany(

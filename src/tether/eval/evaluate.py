@@ -45,7 +45,7 @@ from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.redact import redact_url
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
-from tether.io import cache_root, write_json, write_text
+from tether.io import cache_root, make_dir, write_json, write_text
 from tether.model.card import write_eval_section
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
@@ -222,7 +222,7 @@ def evaluate(
 
 def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     paths = _resolve_paths(cfg)
-    paths.out.mkdir(parents=True, exist_ok=True)
+    make_dir(paths.out, "output_dir")  # a read-only place fails before any generation
     # The config as it ran, less any user:password in judge_url (the API key is never in it).
     save_config(replace(cfg, judge_url=redact_url(cfg.judge_url)), paths.out / "config.yaml")
     tokenizer = load_tokenizer(cfg.tokenizer or paths.model, cfg.trust_remote_code)

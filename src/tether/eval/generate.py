@@ -24,7 +24,8 @@ from transformers import GenerationConfig
 
 from tether.errors import ConfigError
 from tether.eval.hashing import digest
-from tether.io import write_json
+from tether.io import make_dir, write_json
+from tether.model.loading import context_window  # re-exported: eval reads it from here
 
 __all__ = [
     "Decoding", "Generation", "GenerationCache", "context_window", "fit_prompts", "fit_to_context",
@@ -77,23 +78,6 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += extra if isinstance(extra, list) else [extra]
     return sorted({int(i) for i in ids if i is not None})
-
-
-def context_window(path: str, trust_remote_code: bool = False) -> int | None:
-    """The longest sequence the model at ``path`` takes (its config's max_position_embeddings,
-    or n_positions for GPT-2-style configs), without loading the weights; None if unstated."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        return None  # loading the model itself will report what is wrong
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(text, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def fit_to_context(
@@ -214,6 +198,6 @@ class GenerationCache:
     def put(self, key: str, generations: Sequence[Generation]) -> None:
         if self.root is None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dir(self.root, "cache_dir")
         path = self.root / f"{key}.json"
         write_json(path, [dataclasses.asdict(g) for g in generations], indent=None)

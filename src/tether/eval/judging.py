@@ -3,12 +3,14 @@
 A non-deterministic judge (an LLM) sees each pair twice, the policy's answer first and then
 second; when the two orders disagree the pair is a tie, and the order-flip rate says how often
 that happened. Identical answers are ties without asking. Either order failing makes the pair
-``unparsed``: it is counted and excluded, never a loss. Verdicts are written to the cache chunk
-by chunk, so an interruption loses at most one chunk of calls.
+``unparsed``: it is counted and excluded, never a loss. Each verdict is written to the cache
+as it arrives (judges whose ``judge_many`` takes ``on_verdict``, like the OpenAI judge; others
+per call), so a killed evaluation asks again only what was in flight.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,15 +129,16 @@ def judge_pairs(
     todo = [w for w in wanted if w[2] not in cached]
     _announce_plan(judge, len(pairs), len(wanted), [w[3] for w in todo], announce)
     fresh: dict[str, Verdict] = {}
+
+    def store(verdicts: list[tuple[str, Verdict]]) -> None:
+        if cacheable:
+            cache.put_many((key, judge.identity, template_hash, v) for key, v in verdicts)
+
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
-        verdicts = judge.judge_many([w[3] for w in chunk])
-        if cacheable:
-            cache.put_many(
-                (w[2], judge.identity, template_hash, v)
-                for w, v in zip(chunk, verdicts, strict=True)
-            )
-        fresh.update((w[2], v) for w, v in zip(chunk, verdicts, strict=True))
+        keys = [w[2] for w in chunk]
+        verdicts = _ask(judge, [w[3] for w in chunk], keys, store)
+        fresh.update(zip(keys, verdicts, strict=True))
         if on_progress is not None:
             on_progress(min(start + chunk_size, len(todo)), len(todo))
     by_pair: dict[int, list[Call]] = {}
@@ -155,6 +158,22 @@ def judge_pairs(
         else:
             out.append(_combine(pair, calls))
     return out
+
+
+def _ask(
+    judge: Judge, items: list[JudgeItem], keys: list[str],
+    store: Callable[[list[tuple[str, Verdict]]], None],
+) -> list[Verdict]:
+    """``judge.judge_many(items)``, storing each verdict (under ``keys[i]``) as soon as it
+    exists: one by one through ``on_verdict`` where the judge takes it, else all after the
+    call (a rule or a reward model: fast, and one write)."""
+    if "on_verdict" in inspect.signature(judge.judge_many).parameters:
+        return judge.judge_many(  # type: ignore[call-arg]
+            items, on_verdict=lambda i, v: store([(keys[i], v)])
+        )
+    verdicts = judge.judge_many(items)
+    store(list(zip(keys, verdicts, strict=True)))
+    return verdicts
 
 
 def _announce_plan(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -17,8 +18,8 @@ from tether.errors import ModelError
 from tether.io import is_hub_id
 
 __all__ = [
-    "load_model", "load_tokenizer", "resolve_device", "resolve_dtype", "restore_dropout",
-    "save_model",
+    "context_window", "load_model", "load_tokenizer", "resolve_device", "resolve_dtype",
+    "restore_dropout", "save_model",
 ]
 
 log = logging.getLogger("tether")
@@ -132,10 +133,16 @@ def load_model(
             path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
             revision=revision,
             **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+            use_safetensors=True,  # never unpickle weights (pytorch_model.bin)
             **(placement if quantization_config is not None else {}),
         )
-    except (OSError, ValueError) as e:
-        raise ModelError(f"model: cannot load '{name}' ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = ("; the weights file is damaged or incomplete: copy it again"
+                if isinstance(e, SafetensorError) else
+                "; tether reads weights only from safetensors, never pickle (.bin): convert "
+                "them once where you trust the file" if "safetensors" in first else "")
+        raise ModelError(f"model: cannot load '{name}' ({first}){hint}") from None
     disable_dropout(model)
     setattr(model, _DROPOUT_ATTR, dropout)
     return model if quantization_config is not None else model.to(device)  # type: ignore[arg-type]
@@ -155,6 +162,21 @@ def restore_dropout(model: Any, directory: Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config.update({k: v for k, v in dropout.items() if k in config})
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def context_window(path: str, trust_remote_code: bool = False) -> int | None:
+    """The longest sequence the model at ``path`` takes (its config's max_position_embeddings,
+    or n_positions for GPT-2-style configs), without loading the weights; None if unstated."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # loading the model itself will report what is wrong
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -1,21 +1,26 @@
-"""Resumable checkpoints, written atomically, read without unpickling anything.
+"""Resumable checkpoints, written atomically, verified and read without unpickling anything.
 
 ``checkpoints/step-N/`` holds the policy weights and the optimizer state (safetensors), the
 scheduler, RNG states and the loop position (JSON). It is built in a temporary directory,
 every file fsynced, then renamed into place: a checkpoint directory that exists is complete,
 so a kill during a save leaves only a ``.tmp-*`` directory that resume ignores (and the next
 save removes). The last ``keep_checkpoints`` are kept.
+
+``state.json`` records the SHA-256 of every other file; resuming re-hashes them and refuses a
+checkpoint whose bytes changed (a flipped bit, a truncated copy) with the file named, and
+refuses a loop position that cannot be (a negative step, a step other than the directory's).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tether.errors import CheckpointError
+from tether.io import atomic_write, file_sha256, write_text
 
 __all__ = [
     "LoopState", "checkpoint_failed", "checkpoint_paths", "latest_checkpoint", "load_checkpoint",
@@ -33,6 +39,8 @@ __all__ = [
 ]
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+log = logging.getLogger("tether")
 
 
 @dataclass
@@ -46,6 +54,27 @@ class LoopState:
     tokens: int = 0
     bad_steps: int = 0  # consecutive non-finite steps
     skipped_steps: int = 0  # all non-finite steps so far
+
+    @classmethod
+    def from_saved(cls, raw: Any, where: str) -> LoopState:
+        """The state ``state.json`` holds, every field a non-negative integer (a hand-edited
+        step -5 would run negative steps); ``where`` names the file in the error."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(raw, dict) or set(raw) != set(names):
+            raise CheckpointError(
+                f"{where}: 'loop' must have exactly the keys {', '.join(names)}, got "
+                f"{sorted(raw) if isinstance(raw, dict) else type(raw).__name__}; the file was "
+                "edited or is not tether's"
+            )
+        bad = [f"{k}={raw[k]!r}" for k in names
+               if type(raw[k]) is not int or raw[k] < 0]  # bool is not a count
+        if bad:
+            raise CheckpointError(
+                f"{where}: loop position {', '.join(bad)} is not a non-negative integer; "
+                "the file was edited or is corrupted: delete this checkpoint to resume from "
+                "an earlier one"
+            )
+        return cls(**raw)
 
 
 def _fsync(path: Path) -> None:
@@ -127,11 +156,14 @@ def prepare_checkpoint(tmp: Path) -> None:
 
 
 def write_state(tmp: Path, meta: dict[str, Any]) -> None:
-    """The RNG states (safetensors) and ``meta`` plus their JSON half (``state.json``)."""
+    """The RNG states (safetensors), then ``state.json``: ``meta``, the RNG's JSON half and
+    the SHA-256 of every other file in ``tmp`` (so it is written last)."""
     rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**meta, "rng": rng_meta}, default=_jsonable),
-                                    encoding="utf-8")
+    atomic_write(tmp / "rng.safetensors", lambda f: save_file(rng_tensors, str(f)))
+    files = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())
+             if f.is_file() and f.name != "state.json"}
+    write_text(tmp / "state.json",
+               json.dumps({**meta, "rng": rng_meta, "files": files}, default=_jsonable))
 
 
 def publish_checkpoint(tmp: Path, final: Path) -> None:
@@ -182,11 +214,11 @@ def save_checkpoint(
     final, tmp = checkpoint_paths(run_dir, state.step, f"-{os.getpid()}")
     try:
         prepare_checkpoint(tmp)
-        save_model(model, str(tmp / "model.safetensors"))
+        atomic_write(tmp / "model.safetensors", lambda f: save_model(model, str(f)))
         if export is not None:
             export(tmp)
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write(tmp / "optimizer.safetensors", lambda f: save_file(opt_tensors, str(f)))
         write_state(tmp, {"loop": state.__dict__, "scheduler": scheduler.state_dict(),
                           "optimizer": opt_meta, "fingerprint": fingerprint})
         publish_checkpoint(tmp, final)
@@ -221,13 +253,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=_step) if found else None
 
 
-def read_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+def read_state(path: Path, fingerprint: dict[str, Any], verify: bool = True) -> dict[str, Any]:
     """``state.json`` of a checkpoint, after checking it belongs to this run (same config and
-    data: ``fingerprint``); a CheckpointError names every difference."""
+    data: ``fingerprint``; a CheckpointError names every difference), that its loop position
+    is sound and (``verify``) that every file still has the checksum it was written with."""
     try:
         meta: dict[str, Any] = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}/state.json: unreadable ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}/state.json: not a tether checkpoint state (an object)")
     saved = meta.get("fingerprint", {})
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {fingerprint[k]!r}"
             for k in fingerprint if saved.get(k) != fingerprint[k]]
@@ -236,7 +271,43 @@ def read_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
             f"{path}: refusing to resume a different run ({'; '.join(diff)}); use the same "
             "config or a new output_dir"
         )
+    loop = LoopState.from_saved(meta.get("loop"), f"{path}/state.json")
+    if loop.step != _step(path):
+        raise CheckpointError(
+            f"{path}/state.json: holds step {loop.step}, but the directory is "
+            f"{path.name}; the file was edited or moved: {_fallback(path)}"
+        )
+    if verify:
+        verify_files(path, meta)
     return meta
+
+
+def verify_files(path: Path, meta: dict[str, Any]) -> None:
+    """Every file ``state.json`` lists has the SHA-256 it was written with, else a
+    CheckpointError naming the file. Checkpoints of an older tether list none (warned)."""
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        log.warning("%s: no checksums (written by an older tether); not verified", path)
+        return
+    for name, want in sorted(files.items()):
+        try:
+            got = file_sha256(path / name)
+        except OSError as e:
+            raise CheckpointError(f"{path}/{name}: unreadable ({e.strerror or e}); "
+                                  f"{_fallback(path)}") from None
+        if got != want:
+            raise CheckpointError(
+                f"{path}/{name}: corrupted (SHA-256 {got[:12]}…, written as {want[:12]}…); "
+                f"{_fallback(path)}"
+            )
+
+
+def _fallback(path: Path) -> str:
+    """How to go on without the checkpoint at ``path``."""
+    earlier = [p for p in _complete(path.parent) if _step(p) < _step(path)]
+    if earlier:
+        return f"delete {path} to resume from {max(earlier, key=_step).name}"
+    return "delete it and start again with resume=false"
 
 
 def optimizer_state_by_name(
@@ -284,7 +355,7 @@ def load_checkpoint(
             " only safetensors and JSON are accepted"
         ) from None
     scheduler.load_state_dict(meta["scheduler"])
-    return LoopState(**meta["loop"])
+    return LoopState(**meta["loop"])  # checked by read_state
 
 
 def resume_from(resume: bool | str, run_dir: Path) -> Path | None:

@@ -89,7 +89,7 @@ class Dist:
         return self.total(float(bool(flag))) > 0 if self.active else bool(flag)
 
     def sum_rows(
-        self, window: dict[str, float], skip: Sequence[str] = ("grad_norm", "steps")
+        self, window: dict[str, float], skip: Sequence[str] = ("grad_norm", "steps", "skipped")
     ) -> None:
         """Add up, in place, the per-row metric sums of all ranks; ``skip`` are per-step values
         that every rank already holds (the gradient norm is taken after the all-reduce)."""

@@ -30,12 +30,18 @@ from tqdm import tqdm
 from tether.config import TrainConfig, absolute_paths
 from tether.data.batching import micro_batches, step_batches
 from tether.data.memory import registered
-from tether.data.tokenization import TokenizedPair
+from tether.data.tokenization import TokenizedPair, beyond_context
 from tether.errors import CheckpointError, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
 from tether.model.export import write_model_files
 from tether.model.flex import choose_attention
-from tether.model.loading import load_model, load_tokenizer, resolve_device, save_model
+from tether.model.loading import (
+    context_window,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    save_model,
+)
 from tether.model.logprobs import SequenceLogProbs
 from tether.model.lora import apply_lora, load_4bit, save_lora
 from tether.model.packing import scorer_inputs
@@ -189,7 +195,8 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             # the step's rows, so batch 8 × 1 and batch 4 × 2 give the same gradient.
             # Ranks reduce gradients once, in the last micro-batch's backward (GradSync); a
             # step may have fewer than grad_accum micro-batches (an epoch shorter than a step).
-            losses = []
+            losses: list[Tensor] = []
+            step_stats: dict[str, float] = defaultdict(float)  # the step's sums, kept if finite
             micros = list(micro_batches(s.dist.shard(step_rows), cfg.grad_accum))
             for m, micro in enumerate(micros):
                 rows = [s.train_rows[i] for i in micro]
@@ -202,10 +209,12 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                     loss = out.losses.sum() * s.dist.world_size / len(step_rows)
                     loss.backward()
                 losses.append(loss.detach())
-                _accumulate(window, stats, len(micro))
+                _accumulate(step_stats, stats, len(micro))
                 st.tokens += batch.tokens
             grad_norm = _clip(policy, cfg.max_grad_norm)
-            if _finite(s.dist.sum(torch.stack(losses).sum()), grad_norm, st, cfg.max_bad_steps):
+            finite = _finite(s.dist.sum(torch.stack(losses).sum()), grad_norm, st,
+                             cfg.max_bad_steps)
+            if finite:
                 s.optimizer.step()
             lr = float(s.scheduler.get_last_lr()[0])  # the rate this step used, not the next one
             s.scheduler.step()
@@ -213,8 +222,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             st.step += 1
             s.after_step(st.step)
             st.step_in_epoch += 1
-            window["grad_norm"] += grad_norm
-            window["steps"] += 1
+            _add_step(window, step_stats, grad_norm, finite)  # a skipped step: counted only
             bar.update(1)
             if s.dist.any(s.callbacks.step_end(st.step)):  # e.g. early stopping: the last step
                 s.total_steps = st.step
@@ -227,7 +235,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 st.metrics_lines += 1
                 s.callbacks.log(st.step, row)
                 bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "rewards/accuracies")
-                                 if row.get(k) is not None})  # SFT has no accuracy
+                                 if row.get(k) is not None})  # SFT: no accuracy; skipped: no loss
                 window.clear()
             if s.eval_rows and _eval_due(cfg, st.step):
                 t_eval = time.perf_counter()
@@ -314,10 +322,29 @@ def _means(window: dict[str, float]) -> dict[str, float]:
             if not k.endswith("#rows") and f"{k}#rows" in window}
 
 
+def _add_step(window: dict[str, float], step: dict[str, float], grad_norm: float,
+              finite: bool) -> None:
+    """Add one optimizer step's sums to the logging window. A skipped (non-finite) step adds
+    only its count: its numbers are not averaged in, so it is never logged as a loss."""
+    window["steps"] += 1
+    if not finite:
+        window["skipped"] += 1
+        return
+    for k, v in step.items():
+        window[k] += v
+    window["grad_norm"] += grad_norm
+
+
 def _log_row(window: dict[str, float], st: LoopState, lr: float) -> dict[str, Any]:
+    """One metrics line: the means over the window's finite steps; a window of skipped steps
+    only has no loss, no statistics and ``"skipped": true``."""
     row: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lr}
     row.update(_means(window))
-    row["grad_norm"] = window["grad_norm"] / window["steps"]
+    kept = window["steps"] - window["skipped"]
+    if kept:
+        row["grad_norm"] = window["grad_norm"] / kept
+    else:
+        row["skipped"] = True
     row["skipped_steps"] = st.skipped_steps
     return row
 
@@ -536,6 +563,8 @@ def _load_rows(
                                                               loaded.report.notes))
         log.info("%s %s", split, loaded.truncation.summary())
         audit.update(loaded.audit(split))
+        context = context_window(cfg.model, cfg.trust_remote_code)
+        audit[f"{split}_rows_beyond_context"] = beyond_context(split, loaded.rows, context)
         out[i] = loaded.rows
     run.write_json("data_audit.json", audit)
     return out[0], out[1]

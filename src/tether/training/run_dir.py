@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.config import save_config
-from tether.io import write_json, write_text
+from tether.io import make_dir, output_error, write_json, write_text
 
 if TYPE_CHECKING:
     from tether.training.distributed import Dist
@@ -24,8 +24,7 @@ class RunDir:
 
     @classmethod
     def create(cls, output_dir: str, cfg: Any) -> RunDir:
-        path = Path(output_dir).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
+        path = make_dir(output_dir, "output_dir")
         save_config(cfg, path / "config.yaml")
         return cls(path)
 
@@ -41,8 +40,11 @@ class RunDir:
         """Append one line; non-finite numbers become null so the file stays valid JSON."""
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in row.items()}
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
+        try:
+            with self.metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(clean) + "\n")
+        except OSError as e:
+            raise output_error(self.metrics_path, e) from None
 
     def truncate_metrics(self, lines: int) -> None:
         """Keep the first ``lines`` lines (atomically): what a resumed run has not redone."""

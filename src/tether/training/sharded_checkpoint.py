@@ -41,6 +41,7 @@ from tether.training.checkpoint import (
     prune_checkpoints,
     publish_checkpoint,
     read_state,
+    verify_files,
     write_state,
 )
 
@@ -102,7 +103,7 @@ def load_sharded_checkpoint(
     fingerprint: dict[str, Any],
 ) -> LoopState:
     """Restore a DCP checkpoint at this run's number of ranks (every rank calls this)."""
-    meta = read_state(path, fingerprint)
+    meta = _read_state(path, fingerprint)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     try:
         # DCP loads in place, into the tensors of the state dicts given (resharding them)
@@ -140,7 +141,7 @@ def _load_single_into_shards(
     """A single-process checkpoint resumed under FSDP: every rank reads its whole tensors, and
     ``set_state_dict(full_state_dict=True)`` keeps this rank's shard of each (weights and the
     optimizer state, renamed from the parameters' order to their names)."""
-    meta = read_state(path, fingerprint)
+    meta = _read_state(path, fingerprint)
     names = [n for n, p in model.named_parameters() if p.requires_grad]  # the optimizer's order
     try:
         weights: dict[str, Any] = load_file(str(path / "model.safetensors"))
@@ -153,11 +154,31 @@ def _load_single_into_shards(
         raise _invalid(path, e) from None
 
 
+def _read_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``read_state`` with the files' checksums verified once, by rank 0 (every rank hashing
+    every shard would read the checkpoint N times); all ranks refuse together, with rank 0's
+    message, so none waits for the others in a collective."""
+    error, meta = "", {}
+    try:
+        meta = read_state(path, fingerprint, verify=False)
+        if _rank() == 0:
+            verify_files(path, meta)
+    except CheckpointError as e:
+        error = str(e)
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)  # a str: rank 0's verdict
+        error = error or box[0]
+    if error:
+        raise CheckpointError(error)
+    return meta
+
+
 def _restore_loop(path: Path, meta: dict[str, Any], scheduler: Any) -> LoopState:
     """What follows the tensors: RNG states, the scheduler, and where the loop stood."""
     _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
     scheduler.load_state_dict(meta["scheduler"])
-    return LoopState(**meta["loop"])
+    return LoopState(**meta["loop"])  # checked by read_state
 
 
 def _invalid(path: Path, e: BaseException) -> CheckpointError:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tether.config import build_config
+from tether.errors import DataError
 from tether.eval.config import EvalConfig, JudgeConfig
 from tether.fields import SEED_MAX, Checked, opt
-from tether.io import write_json
+from tether.io import make_dir, write_json
 
 __all__ = ["IterateConfig", "iterate"]
 
@@ -70,35 +71,19 @@ def _judge_keys(cfg: IterateConfig) -> dict[str, Any]:
 def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
     """Run the rounds; returns (and writes) the per-round win-rates."""
     from tether.eval.evaluate import evaluate
-    from tether.training.loop import TrainConfig, train
-    from tether.workflows.pairs import PairsConfig, sample
+    from tether.training.loop import train
+    from tether.workflows.pairs import sample
 
-    out = Path(cfg.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(cfg.output_dir, "output_dir")
+    _check(cfg, out)  # a typo in train.* or eval_data fails now, not after a round
     start, current, history = cfg.model, cfg.model, []
-    common = {"device": cfg.device, "progress": cfg.progress}
     for r in range(1, cfg.rounds + 1):
         here = out / f"round-{r}"
         log.info("round %d/%d: sampling from %s", r, cfg.rounds, current)
-        stats = sample(build_config(PairsConfig, {
-            **_judge_keys(cfg), "mode": "sample", "data": cfg.data, "model": current,
-            "num_answers": cfg.num_answers, "temperature": cfg.temperature,
-            "max_new_tokens": cfg.max_new_tokens, "pairing": cfg.pairing,
-            "seed": cfg.seed + r, "batch_size": cfg.batch_size, "device": cfg.device,
-            "output": str(here / "pairs.jsonl"),
-        }, where="iterate"))
+        stats = sample(_pairs_config(cfg, r, current, here))
         fixed = cfg.reference_mode == "fixed" and current != start
-        run = train(build_config(TrainConfig, {
-            "seed": cfg.seed, **common, **cfg.train, "model": current,
-            "data": str(here / "pairs.jsonl"), "output_dir": str(here),
-            "cache_dir": cfg.cache_dir, **({"reference_model": start} if fixed else {}),
-        }, where="iterate: train."))
-        results = evaluate(build_config(EvalConfig, {
-            **_judge_keys(cfg), **common, "model": str(run), "reference": start,
-            "data": cfg.eval_data, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "output_dir": str(here), "cache_dir": cfg.cache_dir,
-            "implicit_reward": "off",
-        }, where="iterate"))
+        run = train(_train_config(cfg, current, here, fixed))
+        results = evaluate(_eval_config(cfg, run, here))
         history.append({"round": r, "pairs": stats["written"], "win_rate": results["win_rate"],
                         "ci95": results["ci95"], "wins": results["wins"],
                         "ties": results["ties"], "losses": results["losses"],
@@ -108,6 +93,55 @@ def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
         current = str(run / "model")
     _plot(history, out / "winrate.png")
     return history
+
+
+def _check(cfg: IterateConfig, out: Path) -> None:
+    """Build every round's configs (round 2's too: its train config gains reference_model
+    under reference_mode=fixed) and read both prompt files, so every problem the rounds would
+    meet is a one-line error before anything is sampled."""
+    from tether.data.records import load_prompts
+
+    here = out / "round-1"
+    _pairs_config(cfg, 1, cfg.model, here)
+    _train_config(cfg, cfg.model, here, fixed=False)
+    if cfg.rounds > 1 and cfg.reference_mode == "fixed":
+        _train_config(cfg, str(here / "model"), out / "round-2", fixed=True)
+    _eval_config(cfg, here, here)
+    for key in ("data", "eval_data"):
+        if not load_prompts(getattr(cfg, key)):
+            raise DataError(f"{key}: {getattr(cfg, key)} has no prompts; give a file of "
+                            "prompt rows")
+
+
+def _pairs_config(cfg: IterateConfig, r: int, current: str, here: Path) -> Any:
+    from tether.workflows.pairs import PairsConfig
+
+    return build_config(PairsConfig, {
+        **_judge_keys(cfg), "mode": "sample", "data": cfg.data, "model": current,
+        "num_answers": cfg.num_answers, "temperature": cfg.temperature,
+        "max_new_tokens": cfg.max_new_tokens, "pairing": cfg.pairing,
+        "seed": cfg.seed + r, "batch_size": cfg.batch_size, "device": cfg.device,
+        "output": str(here / "pairs.jsonl"),
+    }, where="iterate")
+
+
+def _train_config(cfg: IterateConfig, current: str, here: Path, fixed: bool) -> Any:
+    from tether.config import TrainConfig
+
+    return build_config(TrainConfig, {
+        "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress, **cfg.train,
+        "model": current, "data": str(here / "pairs.jsonl"), "output_dir": str(here),
+        "cache_dir": cfg.cache_dir, **({"reference_model": cfg.model} if fixed else {}),
+    }, where="iterate: train.")
+
+
+def _eval_config(cfg: IterateConfig, run: Path, here: Path) -> EvalConfig:
+    return build_config(EvalConfig, {
+        **_judge_keys(cfg), "device": cfg.device, "progress": cfg.progress,
+        "model": str(run), "reference": cfg.model, "data": cfg.eval_data,
+        "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "batch_size": cfg.batch_size,
+        "output_dir": str(here), "cache_dir": cfg.cache_dir, "implicit_reward": "off",
+    }, where="iterate")
 
 
 def _plot(history: list[dict[str, Any]], path: Path) -> None:

@@ -25,7 +25,7 @@ from tether.errors import DataError, JudgeError
 from tether.eval.config import JudgeConfig
 from tether.eval.judges.base import JudgeItem, Verdict
 from tether.fields import SEED_MAX, Checked, opt
-from tether.io import write_text
+from tether.io import make_dir, write_text
 
 __all__ = ["PairsConfig", "convert", "dedupe", "write_jsonl"]
 
@@ -311,7 +311,8 @@ def _rewrite_once(client: Any, cfg: PairsConfig, prompt: str, answer: str, how: 
 
 
 def run(cfg: PairsConfig) -> dict[str, int]:
-    """Dispatch on ``cfg.mode``."""
+    """Dispatch on ``cfg.mode`` (after checking the output can be written: sampling is slow)."""
+    make_dir(Path(cfg.output).expanduser().parent, "output")
     return MODES[cfg.mode](cfg)
 
 

@@ -18,8 +18,8 @@ class Verdict:
     ``winner`` is ``"unparsed"`` when the judge failed or its output could not be read: such
     items are excluded from the win-rate and counted, never scored as a loss. ``p_a`` is the
     judge's probability that A is better, when it gives one (reward model, log-probs).
-    ``error`` says why a judge gave no answer at all (HTTP failure, budget spent); such verdicts
-    are not cached, so a later run asks again, whereas an answer that could not be parsed is.
+    ``error`` says why a judge gave no answer at all (HTTP failure, budget spent). Neither kind
+    of ``unparsed`` verdict is cached: a later run asks again.
     """
 
     winner: Winner
@@ -48,7 +48,10 @@ class Judge(Protocol):
     (the human judge) wait for votes from the labeling page.
 
     A judge may also carry ``template_hash: str`` (the hash of its prompt template or rule
-    source); it joins ``identity`` in the cache key and in every judgments.jsonl line.
+    source); it joins ``identity`` in the cache key and in every judgments.jsonl line. A
+    ``judge_many`` that takes ``on_verdict`` (called as ``on_verdict(i, verdict)`` the moment
+    item ``i`` is judged) lets each verdict be stored as it arrives, so an interrupted
+    evaluation pays for no answer twice; without it verdicts are stored per call.
     """
 
     identity: str

@@ -24,7 +24,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -318,13 +318,28 @@ class OpenAIJudge:
         p_a = p_a_from_logprobs(logprobs.get("content") if isinstance(logprobs, dict) else None)
         return Verdict(winner, p_a=p_a, raw=text)
 
-    def judge_many(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+    def judge_many(
+        self, items: Sequence[JudgeItem],
+        on_verdict: Callable[[int, Verdict], None] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts in the order of ``items``, ``concurrency`` requests at a time;
+        ``on_verdict(i, verdict)`` runs (in this thread) as each one arrives."""
+        done = on_verdict or (lambda i, v: None)
         if self.concurrency == 1 or len(items) <= 1:
-            return [self(i.prompt, i.answer_a, i.answer_b, i.row) for i in items]
+            out = []
+            for k, i in enumerate(items):
+                out.append(self(i.prompt, i.answer_a, i.answer_b, i.row))
+                done(k, out[-1])
+            return out
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
-        futures = [pool.submit(self, i.prompt, i.answer_a, i.answer_b, i.row) for i in items]
+        futures = {pool.submit(self, i.prompt, i.answer_a, i.answer_b, i.row): k
+                   for k, i in enumerate(items)}
+        verdicts: dict[int, Verdict] = {}
         try:
-            return [f.result() for f in futures]
+            for f in as_completed(futures):
+                verdicts[futures[f]] = f.result()
+                done(futures[f], verdicts[futures[f]])
+            return [verdicts[k] for k in range(len(items))]
         finally:
             # A JudgeError (bad key, unknown model) stops the queued requests too.
             pool.shutdown(wait=True, cancel_futures=True)

@@ -4,7 +4,8 @@ One routine for every data shape and process count: for each split, read the cac
 (rank 0 decides and broadcasts, so a cache seen by only some nodes cannot desynchronise them)
 or score the rows (on one process: the model directly, with prefix sharing when asked; under
 torchrun: each rank every N-th row through its wrapped scorer, all-gathered) and write it.
-A cache entry that cannot be read or has the wrong shape is scored again, not trusted.
+A cache entry that cannot be read, fails its checksum or has the wrong shape is scored again,
+not trusted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -25,7 +25,12 @@ from tether.data.tokenization import TokenizedPair
 from tether.model.prefix_sharing import Batch, batch_logps, make_batch
 from tether.training.distributed import Dist, local_module, reshard
 from tether.training.reference.base import RefSums
-from tether.training.reference.cache import cache_path, save_table, weights_fingerprint
+from tether.training.reference.cache import (
+    cache_path,
+    load_table,
+    save_table,
+    weights_fingerprint,
+)
 
 __all__ = ["Precomputed", "score_rows", "score_table"]
 
@@ -102,8 +107,8 @@ def _read(path: Path | None, shape: tuple[int, int], d: Dist) -> Tensor | None:
     table = None
     if d.main and path is not None and path.exists():
         try:
-            table = load_file(path)["sums"]
-        except Exception as e:  # truncated or foreign file: score again, say why
+            table = load_table(path)["sums"]
+        except Exception as e:  # truncated, foreign or altered file: score again, say why
             log.warning("reference cache %s unreadable (%s); scoring again", path, e)
         if table is not None and tuple(table.shape) != shape:
             log.warning("reference cache %s has shape %s, expected %s; scoring again",
