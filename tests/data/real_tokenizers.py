@@ -168,6 +168,12 @@ FAMILIES = {
 }
 
 
+# Released templates tested on their own (rendering, errors, what is scored), with a family's
+# tokenizer standing in for theirs: Gemma 2 refuses system messages; gpt-oss (harmony format)
+# has reasoning channels.
+EXTRA_TEMPLATES = ("google-gemma-2-2b-it.jinja", "openai-gpt-oss-120b.jinja")
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip locally; fail under CI=true, where these tests must run."""
     if os.environ.get("CI", "").lower() == "true":
@@ -188,6 +194,7 @@ def _members() -> list[str]:
         names |= {f.gguf, f.gguf + ".inp", f.gguf + ".out"}
         if f.template:
             names.add("templates/" + f.template)
+    names |= {"templates/" + t for t in EXTRA_TEMPLATES}
     return sorted(names)
 
 
@@ -298,3 +305,8 @@ def reference_cases(name: str) -> list[tuple[str, list[int]]]:
     cases = texts.removesuffix(sep).split(sep)
     return [(t, [int(x) for x in line.split()])
             for t, line in zip(cases, ids.splitlines(), strict=True)]
+
+
+def template_text(name: str) -> str:
+    """A released chat template from llama.cpp's collection (``EXTRA_TEMPLATES`` or a family's)."""
+    return (models_dir() / "templates" / name).read_text(encoding="utf-8")

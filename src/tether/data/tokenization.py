@@ -22,15 +22,19 @@ Policy, stated once:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from tether.data.chat import render_chat, render_pair
 from tether.data.records import Message, PreferenceRecord, Text
 from tether.errors import DataError
 
-__all__ = ["TokenizedPair", "TruncationAudit", "prompt_ids", "tokenize_records", "use_chat"]
+# False: plain text; True: the chat template; a mapping: the chat template called with these
+# keyword arguments (the run's ``chat_template_kwargs``, e.g. ``{"enable_thinking": False}``).
+Chat = bool | Mapping[str, Any]
+
+__all__ = ["Chat", "TokenizedPair", "TruncationAudit", "prompt_ids", "tokenize_records", "use_chat"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,17 @@ class TruncationAudit:
         return asdict(self)
 
 
-def use_chat(tokenizer: Any, mode: Literal["auto", "on", "off"], conversational: bool) -> bool:
+def use_chat(
+    tokenizer: Any, mode: Literal["auto", "on", "off"], conversational: bool,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> Chat:
+    """Whether rows go through the chat template; with ``template_kwargs`` (the run's
+    ``chat_template_kwargs``) the template is called with them."""
     has = getattr(tokenizer, "chat_template", None) is not None
     if mode == "on" and not has:
         raise DataError("chat_template=on, but the tokenizer has no chat template; use off")
-    return mode == "on" or (mode == "auto" and has and conversational)
+    chat = mode == "on" or (mode == "auto" and has and conversational)
+    return dict(template_kwargs) if chat and template_kwargs else chat
 
 
 def _as_messages(text: Text, role: str) -> list[Message]:
@@ -97,41 +107,41 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple[str, str, bool]:
+def _render(
+    tokenizer: Any, rec: PreferenceRecord, completion: Text, chat: Chat
+) -> tuple[str, str, bool]:
     """(prompt text, prompt+completion text, add special tokens when encoding)."""
     if chat:
-        p = _as_messages(prompt, "user")
+        p = _as_messages(rec.prompt, "user")
         c = _as_messages(completion, "assistant")
-        ptext = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(p + c, tokenize=False)
-        if not full.startswith(ptext):
-            # e.g. Gemma 4: the generation prompt opens an empty thought channel that the
-            # template leaves out of an answered turn, so no boundary is both exact and true.
-            k = len(os.path.commonprefix([ptext, full]))
-            raise DataError(
-                "chat template renders the prompt differently with and without the answer "
-                f"(generation prompt {ptext[k:][:40]!r}, answered turn {full[k:][:40]!r}); "
-                "use chat_template=off or a template whose generation prompt is a prefix"
-            )
+        ptext, full = render_pair(tokenizer, p, c, tools=rec.tools, template_kwargs=_kwargs(chat))
         return ptext, full, False  # templates write their own BOS
-    ptext = _plain(prompt, prompt=True)
+    ptext = _plain(rec.prompt, prompt=True)
     return ptext, ptext + _plain(completion, prompt=False), True
 
 
-def prompt_ids(tokenizer: Any, prompt: Text, chat: bool) -> list[int]:
-    """The prompt's token ids exactly as training sees them (generation starts from these)."""
+def _kwargs(chat: Chat) -> Mapping[str, Any] | None:
+    return chat if isinstance(chat, Mapping) else None
+
+
+def prompt_ids(
+    tokenizer: Any, prompt: Text, chat: Chat, tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[int]:
+    """The prompt's token ids exactly as training sees them (generation starts from these).
+
+    ``chat``: False for plain text, True for the chat template, or the run's
+    ``chat_template_kwargs`` (a mapping: the chat template called with those arguments)."""
     if chat:
-        text = tokenizer.apply_chat_template(
-            _as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True
-        )
+        text = render_chat(tokenizer, _as_messages(prompt, "user"), generation_prompt=True,
+                           tools=tools, template_kwargs=_kwargs(chat))
         return _ids(tokenizer, text, False)
     return _ids(tokenizer, _plain(prompt, prompt=True), True)
 
 
 def _completion_ids(
-    tokenizer: Any, prompt: Text, completion: Text, chat: bool, audit: TruncationAudit
+    tokenizer: Any, rec: PreferenceRecord, completion: Text, chat: Chat, audit: TruncationAudit
 ) -> tuple[list[int], list[int]]:
-    ptext, full, special = _render(tokenizer, prompt, completion, chat)
+    ptext, full, special = _render(tokenizer, rec, completion, chat)
     p_ids = _ids(tokenizer, ptext, special)
     full_ids = _ids(tokenizer, full, special)
     if full_ids[: len(p_ids)] == p_ids:
@@ -193,7 +203,7 @@ def tokenize_records(
     tokenizer: Any,
     records: Sequence[PreferenceRecord],
     *,
-    chat: bool,
+    chat: Chat,
     max_length: int,
     max_prompt_length: int | None = None,
 ) -> tuple[list[TokenizedPair], TruncationAudit]:
@@ -202,10 +212,10 @@ def tokenize_records(
     out = []
     for rec in records:
         try:
-            p_ids, chosen = _completion_ids(tokenizer, rec.prompt, rec.chosen, chat, audit)
+            p_ids, chosen = _completion_ids(tokenizer, rec, rec.chosen, chat, audit)
             rejected: list[int] = []
             if rec.rejected:
-                _, rejected = _completion_ids(tokenizer, rec.prompt, rec.rejected, chat, audit)
+                _, rejected = _completion_ids(tokenizer, rec, rec.rejected, chat, audit)
         except DataError as e:
             raise DataError(f"{rec.source}: {e}") from None
         if max_prompt_length is not None and len(p_ids) > max_prompt_length:
