@@ -215,3 +215,25 @@ def test_a_malformed_tools_column_names_the_row(tmp_path):
     path = write_rows(tmp_path, {**good, "tools": [{"type": "function"}]})
     with pytest.raises(DataError, match=r"^\S+/rows\.jsonl:1: field 'tools\[0\]' must be a JSON"):
         load_preferences(path)
+
+
+def test_cli_reports_a_template_refusal_in_one_line_with_exit_2(tmp_path, chat_tokenizer, capsys):
+    # Before: a raw Jinja traceback from tokenization and exit 1.
+    from tether.cli import main
+    from tether.model.tiny import tiny_llama
+
+    model = tmp_path / "gemma2-like"
+    tiny_llama(chat_tokenizer, hidden=32, layers=1, heads=4, kv_heads=2).save_pretrained(model)
+    chat_tokenizer.save_pretrained(model)
+    saved = load_tokenizer(str(model))
+    saved.chat_template = template_text("google-gemma-2-2b-it.jinja")
+    saved.save_pretrained(model)
+    good = {"prompt": QUESTION, "chosen": say("4"), "rejected": say("5")}
+    system = [{"role": "system", "content": "Be brief."}, *QUESTION]
+    rows = write_rows(tmp_path, good, {**good, "prompt": system})
+    code = main(["train", f"model={model}", f"data={rows}", f"output_dir={tmp_path / 'run'}",
+                 f"cache_dir={tmp_path / 'cache'}", "progress=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines() == [f"tether train: error: {rows}:2: the chat template refused this "
+                                "conversation: System role not supported"]
