@@ -20,6 +20,8 @@ from tether.data.tokenization import prompt_ids, tokenize_records
 from tether.errors import DataError
 from tether.model.loading import load_tokenizer
 
+pytest_plugins = ["real_tokenizers"]  # the real, real_dirs fixtures
+
 QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
 WEATHER = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -237,3 +239,72 @@ def test_cli_reports_a_template_refusal_in_one_line_with_exit_2(tmp_path, chat_t
     assert code == 2 and "Traceback" not in err
     assert err.splitlines() == [f"tether train: error: {rows}:2: the chat template refused this "
                                 "conversation: System role not supported"]
+
+
+# --------------------------------------------------------------------------- multi-turn SFT
+
+
+TALK = [{"role": "user", "content": "2 + 2?"}, *say("4."), {"role": "user", "content": "And 3 + 3?"},
+        *say("6.")]
+
+
+def sft_row(tmp_path: Any, tok: Any, messages: list[dict[str, Any]]) -> Any:
+    from tether.data.records import load_completions
+
+    (rec,) = load_completions(write_rows(tmp_path, {"messages": messages}))
+    (row,), audit = tokenize_records(tok, [rec], chat=True, max_length=4096)
+    return row, audit
+
+
+def scored(tok: Any, row: Any) -> tuple[str, str]:
+    """(the scored tokens, the unscored completion tokens), each decoded as one text."""
+    assert row.chosen_mask is not None and len(row.chosen_mask) == len(row.chosen)
+    pick = [[t for t, m in zip(row.chosen, row.chosen_mask, strict=True) if m == keep]
+            for keep in (1, 0)]
+    return decode(tok, pick[0]), decode(tok, pick[1])
+
+
+@pytest.mark.parametrize(("name", "end"), [("qwen2.5-instruct", "<|im_end|>"),
+                                           ("llama3.1-instruct", "<|eot_id|>")])
+def test_multi_turn_sft_scores_every_assistant_turn(real, tmp_path, name, end):
+    tok = real(name)
+    row, audit = sft_row(tmp_path, tok, TALK)
+    assert scored(tok, row)[0] == f"4.{end}6.{end}"  # both answers, not only the last
+    assert "And 3 + 3?" in scored(tok, row)[1]  # the user turn between them is context
+    full = tok.apply_chat_template(TALK, tokenize=False)
+    assert decode(tok, row.prompt + row.chosen) == full[: full.rindex(end) + len(end)]
+    assert audit.last_turn_only == 0
+
+
+def test_generation_markers_give_the_assistant_mask(real_dirs, tmp_path):
+    # LFM2.5 marks each assistant turn, '<|im_end|>\n' included, with {% generation %}; the
+    # mask is transformers' assistant_masks. Without the markers, the rendering fallback finds
+    # the same turns (without the newline after each end of turn).
+    tok = with_template(real_dirs, "qwen3", "LFM2.5-8B-A1B.jinja")
+    row, _ = sft_row(tmp_path, tok, TALK)
+    assert scored(tok, row)[0] == "4.<|im_end|>\n6.<|im_end|>"
+    tok.chat_template = tok.chat_template.replace("{%- generation -%}", "").replace(
+        "{%- endgeneration -%}", "")
+    again, _ = sft_row(tmp_path, tok, TALK)
+    assert scored(tok, again)[0] == "4.<|im_end|>6.<|im_end|>"
+    assert again.prompt + again.chosen == row.prompt + row.chosen
+
+
+def test_qwen3_multi_turn_falls_back_to_the_last_turn_and_counts_it(real, tmp_path):
+    # Qwen 3 renders an answered turn with '<think>\n\n</think>\n\n' only after the last
+    # question, so an earlier turn reads differently once a question follows it: no exact
+    # span exists for it. The row is scored on its last turn, as before, and counted.
+    tok = real("qwen3")
+    row, audit = sft_row(tmp_path, tok, TALK)
+    assert audit.last_turn_only == 1 and row.chosen_mask is None
+    assert decode(tok, row.chosen) == "<think>\n\n</think>\n\n6.<|im_end|>"
+
+
+def test_the_batch_scores_only_the_masked_tokens(real, tmp_path):
+    from tether.data.batching import collate
+
+    tok = real("qwen2.5-instruct")
+    row, _ = sft_row(tmp_path, tok, TALK)
+    batch = collate([row], [0], pad_id=tok.pad_token_id)
+    assert batch.completion_mask[0].tolist() == [0] * len(row.prompt) + row.chosen_mask
+    assert 0 < sum(row.chosen_mask) < len(row.chosen)

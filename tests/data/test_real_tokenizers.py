@@ -20,6 +20,8 @@ from real_tokenizers import FAMILIES, reference_cases
 from tether.data.records import PreferenceRecord
 from tether.data.tokenization import prompt_ids, tokenize_records
 
+pytest_plugins = ["real_tokenizers"]  # the real, real_dirs fixtures
+
 CHAT = ["llama3.1-instruct", "qwen2.5-instruct", "qwen3", "phi3.5-mini-instruct"]
 # Byte-level BPE and Gemma 4 decode any encoded text back to itself; the SentencePiece
 # families mark word starts with '▁' and read '<s>Q' back as '<s> Q'.

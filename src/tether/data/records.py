@@ -311,8 +311,13 @@ def load_completions(
                 raise DataError(
                     f"{row.source}: field 'messages' must end with assistant turn(s) after a prompt"
                 )
-            prompt: Text = msgs[:k]
-            completion: Text = msgs[k:]
+            # Every assistant turn is scored (data.turns): the completion starts at the first.
+            first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            if first == 0:
+                raise DataError(f"{row.source}: field 'messages' starts with an assistant turn; "
+                                "it needs a prompt (a user or system turn) first")
+            prompt: Text = msgs[:first]
+            completion: Text = msgs[first:]
         else:
             name = "completion" if "completion" in data else "chosen"
             if name not in data:

@@ -23,11 +23,12 @@ Policy, stated once:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from tether.data.chat import render_chat, render_pair
 from tether.data.records import Message, PreferenceRecord, Text
+from tether.data.turns import TurnsDiffer, assistant_mask, is_multi_turn
 from tether.errors import DataError
 
 # False: plain text; True: the chat template; a mapping: the chat template called with these
@@ -45,6 +46,9 @@ class TokenizedPair:
     chosen: list[int]
     rejected: list[int]
     source: str = ""
+    # Multi-turn SFT rows: 1 on the chosen tokens that are scored (assistant turns), 0 on the
+    # user and tool turns between them; None: every completion token is scored.
+    chosen_mask: list[int] | None = field(default=None, kw_only=True)
 
     @property
     def length(self) -> int:
@@ -64,6 +68,7 @@ class TruncationAudit:
     dropped: int = 0
     tokens_lost: int = 0
     retokenized: int = 0
+    last_turn_only: int = 0
 
     def summary(self) -> str:
         return (
@@ -71,6 +76,8 @@ class TruncationAudit:
             f"completions truncated of {self.rows} rows, {self.tokens_lost} tokens lost, "
             f"{self.dropped} rows dropped (no room for the completion), "
             f"{self.retokenized} boundaries re-tokenized"
+            + (f", {self.last_turn_only} conversations scored on their last assistant turns only "
+               "(the template renders earlier turns differently)" if self.last_turn_only else "")
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -152,6 +159,42 @@ def _completion_ids(
     return p_ids, _end_with_eos(tokenizer, c_ids)
 
 
+def _last_turns(rec: PreferenceRecord) -> PreferenceRecord:
+    """The row with every turn before its final assistant turns moved into the prompt."""
+    msgs = [*rec.prompt, *rec.chosen]
+    k = max(i for i, m in enumerate(msgs) if m["role"] != "assistant") + 1
+    return replace(rec, prompt=msgs[:k], chosen=msgs[k:])
+
+
+def _multi_turn(
+    tokenizer: Any, rec: PreferenceRecord, chat: Chat, audit: TruncationAudit
+) -> tuple[list[int], list[int], list[int] | None]:
+    """An SFT conversation whose completion has user/tool turns between assistant turns:
+    (prompt ids, completion ids, mask scoring every assistant turn), see ``data.turns``."""
+    assert isinstance(rec.prompt, list) and isinstance(rec.chosen, list)
+    kw = _kwargs(chat)
+
+    def render(messages: Sequence[Mapping[str, Any]], generation_prompt: bool) -> str:
+        return render_chat(tokenizer, messages, generation_prompt=generation_prompt,
+                           tools=rec.tools, template_kwargs=kw)
+
+    ptext, full, _ = _render(tokenizer, rec, rec.chosen, chat)
+    p_ids, full_ids = _ids(tokenizer, ptext, False), _ids(tokenizer, full, False)
+    try:
+        if full_ids[: len(p_ids)] != p_ids or full != render([*rec.prompt, *rec.chosen], False):
+            raise TurnsDiffer
+        mask = assistant_mask(tokenizer, rec.prompt, rec.chosen, len(p_ids), render,
+                              {"tools": rec.tools, **(kw or {})})
+        if len(mask) != len(full_ids) - len(p_ids):
+            raise TurnsDiffer
+    except TurnsDiffer:  # score the final assistant turns, as for a single-turn row
+        audit.last_turn_only += 1
+        last = _last_turns(rec)
+        return (*_completion_ids(tokenizer, last, last.chosen, chat, audit), None)
+    ids = _end_with_eos(tokenizer, full_ids[len(p_ids) :])  # a prefix, plus EOS if appended
+    return p_ids, ids, mask[: len(ids)] + [1] * (len(ids) - len(mask))
+
+
 # Separators whose tokens do not merge with most text that follows them: after one, a
 # SentencePiece tokenizer encodes the text as a continuation, without its word-start space.
 # "x" is the fallback for a completion that starts with a newline.
@@ -212,7 +255,14 @@ def tokenize_records(
     out = []
     for rec in records:
         try:
-            p_ids, chosen = _completion_ids(tokenizer, rec, rec.chosen, chat, audit)
+            mask: list[int] | None = None
+            if chat and not rec.rejected and is_multi_turn(rec.chosen):
+                p_ids, chosen, mask = _multi_turn(tokenizer, rec, chat, audit)
+            elif not rec.rejected and is_multi_turn(rec.chosen):  # plain text: no turn marks
+                last = _last_turns(rec)
+                p_ids, chosen = _completion_ids(tokenizer, last, last.chosen, chat, audit)
+            else:
+                p_ids, chosen = _completion_ids(tokenizer, rec, rec.chosen, chat, audit)
             rejected: list[int] = []
             if rec.rejected:
                 _, rejected = _completion_ids(tokenizer, rec, rec.rejected, chat, audit)
@@ -234,5 +284,6 @@ def tokenize_records(
             audit.completions_truncated += 1
             audit.tokens_lost += sum(len(c) - room for c in cut)
             chosen, rejected = chosen[:room], rejected[:room]
-        out.append(TokenizedPair(p_ids, chosen, rejected, rec.source))
+            mask = mask[:room] if mask is not None else None
+        out.append(TokenizedPair(p_ids, chosen, rejected, rec.source, chosen_mask=mask))
     return out, audit
