@@ -16,6 +16,9 @@ Policy, stated once:
   is a ``DataError`` naming the row.
 - Each completion ends with EOS exactly once (chat templates that already close the turn with
   EOS are not doubled; whitespace a template adds after EOS is cut).
+- Chat templates (``data.chat``): the row's tools and the run's ``chat_template_kwargs`` go to
+  the template; a thinking block that only the generation prompt opens belongs to the prompt.
+- Multi-turn SFT rows score every assistant turn through ``chosen_mask`` (``data.turns``).
 - ``max_prompt_length`` keeps the prompt's END (and its BOS); ``max_length`` then keeps the
   completion's START. A row whose completion would become empty is dropped and counted.
 """
