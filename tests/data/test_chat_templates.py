@@ -308,3 +308,12 @@ def test_the_batch_scores_only_the_masked_tokens(real, tmp_path):
     batch = collate([row], [0], pad_id=tok.pad_token_id)
     assert batch.completion_mask[0].tolist() == [0] * len(row.prompt) + row.chosen_mask
     assert 0 < sum(row.chosen_mask) < len(row.chosen)
+
+
+def test_tool_calls_without_a_chat_template_are_refused_not_dropped(real):
+    # As 'role: content' lines a tool call would vanish, leaving chosen == rejected.
+    tok = real("qwen2.5-instruct")
+    rec = PreferenceRecord(WEATHER_Q, say("", tool_calls=[call("Paris")]),
+                           say("", tool_calls=[call("Lyon")]), "rows.jsonl:5", WEATHER)
+    with pytest.raises(DataError, match=r"^rows\.jsonl:5: tools and tool calls need a chat "):
+        tokenize_records(tok, [rec], chat=False, max_length=512)

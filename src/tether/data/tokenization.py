@@ -126,6 +126,11 @@ def _render(
         c = _as_messages(completion, "assistant")
         ptext, full = render_pair(tokenizer, p, c, tools=rec.tools, template_kwargs=_kwargs(chat))
         return ptext, full, False  # templates write their own BOS
+    texts = [t for t in (rec.prompt, completion) if isinstance(t, list)]
+    if rec.tools or any("tool_calls" in m for t in texts for m in t):
+        # 'role: content' lines have no place for them: they would vanish from the text
+        raise DataError("tools and tool calls need a chat template; this run uses none "
+                        "(chat_template=off, or the tokenizer has no template)")
     ptext = _plain(rec.prompt, prompt=True)
     return ptext, ptext + _plain(completion, prompt=False), True
 
