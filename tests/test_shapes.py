@@ -41,6 +41,7 @@ class Cfg:
         self.field_map: dict[str, str] = {}
         self.prompt_template = None
         self.chat_template, self.max_length, self.max_prompt_length = "auto", 64, None
+        self.chat_template_kwargs: dict = {}
         self.rank_pairs, self.rank_weight_by_gap = "all", False
         self.__dict__.update(over)
 

@@ -115,6 +115,10 @@ class TrainConfig(Checked, LossConfig):
     chat_template: Literal["auto", "on", "off"] = opt(
         "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
     )
+    chat_template_kwargs: dict[str, Any] = opt(
+        {}, "keyword arguments for the chat template, e.g. chat_template_kwargs.enable_thinking="
+        "false (Qwen 3)"
+    )
     group_by_length: bool = opt(True, "batch rows of similar length together to cut padding")
     logprob_chunk: int = opt(
         1024, "tokens per chunk of the LM head (bounds logit memory)", ge=1

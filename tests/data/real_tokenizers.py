@@ -34,6 +34,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tether.model.loading import load_tokenizer
+
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
 REQUIREMENT = "llama-cpp-python==0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -168,6 +170,13 @@ FAMILIES = {
 }
 
 
+# Released templates tested on their own (rendering, errors, what is scored), with a family's
+# tokenizer standing in for theirs: Gemma 2 refuses system messages; gpt-oss (harmony format)
+# has reasoning channels; LFM2.5 marks assistant turns with {% generation %}.
+EXTRA_TEMPLATES = ("google-gemma-2-2b-it.jinja", "openai-gpt-oss-120b.jinja",
+                   "LFM2.5-8B-A1B.jinja")
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip locally; fail under CI=true, where these tests must run."""
     if os.environ.get("CI", "").lower() == "true":
@@ -188,6 +197,7 @@ def _members() -> list[str]:
         names |= {f.gguf, f.gguf + ".inp", f.gguf + ".out"}
         if f.template:
             names.add("templates/" + f.template)
+    names |= {"templates/" + t for t in EXTRA_TEMPLATES}
     return sorted(names)
 
 
@@ -298,3 +308,28 @@ def reference_cases(name: str) -> list[tuple[str, list[int]]]:
     cases = texts.removesuffix(sep).split(sep)
     return [(t, [int(x) for x in line.split()])
             for t, line in zip(cases, ids.splitlines(), strict=True)]
+
+
+def template_text(name: str) -> str:
+    """A released chat template from llama.cpp's collection (``EXTRA_TEMPLATES`` or a family's)."""
+    return (models_dir() / "templates" / name).read_text(encoding="utf-8")
+
+
+# Fixtures for the test modules that import them (a tests/data/conftest.py would shadow the
+# root conftest that those modules import helpers from).
+@pytest.fixture(scope="session")
+def real_dirs() -> dict[str, Path]:
+    # Download and build everything once, here: a skip (offline) is then one skip per session.
+    return {name: tokenizer_dir(name) for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def real(real_dirs: dict[str, Path]) -> Callable[[str], Any]:
+    loaded: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in loaded:  # through tether's own loader, as a run would
+            loaded[name] = load_tokenizer(str(real_dirs[name]))
+        return loaded[name]
+
+    return get

@@ -12,17 +12,15 @@ most once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from real_tokenizers import FAMILIES, reference_cases, tokenizer_dir
+from real_tokenizers import FAMILIES, reference_cases
 
 from tether.data.records import PreferenceRecord
 from tether.data.tokenization import prompt_ids, tokenize_records
-from tether.errors import DataError
-from tether.model.loading import load_tokenizer
+
+pytest_plugins = ["real_tokenizers"]  # the real, real_dirs fixtures
 
 CHAT = ["llama3.1-instruct", "qwen2.5-instruct", "qwen3", "phi3.5-mini-instruct"]
 # Byte-level BPE and Gemma 4 decode any encoded text back to itself; the SentencePiece
@@ -30,24 +28,6 @@ CHAT = ["llama3.1-instruct", "qwen2.5-instruct", "qwen3", "phi3.5-mini-instruct"
 LOSSLESS = {"llama3.1-instruct", "qwen2.5-instruct", "qwen3", "gpt2", "gemma4-it"}
 # The template's end of turn where it is not the tokenizer's EOS.
 END_OF_TURN = {"phi3.5-mini-instruct": "<|end|>"}
-
-
-@pytest.fixture(scope="session")
-def real_dirs() -> dict[str, Path]:
-    # Download and build everything once, here: a skip (offline) is then one skip per session.
-    return {name: tokenizer_dir(name) for name in FAMILIES}
-
-
-@pytest.fixture(scope="session")
-def real(real_dirs: dict[str, Path]) -> Callable[[str], Any]:
-    loaded: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in loaded:  # through tether's own loader, as a run would
-            loaded[name] = load_tokenizer(str(real_dirs[name]))
-        return loaded[name]
-
-    return get
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -195,13 +175,3 @@ def test_llama31_template_writes_the_only_bos(real):
     tok = real("llama3.1-instruct")
     ids = prompt_ids(tok, user("hi"), chat=True)
     assert ids[:2] == [128000, 128006] and ids.count(128000) == 1
-
-
-def test_gemma4_template_is_refused_naming_the_row(real):
-    # Gemma 4's generation prompt opens an empty thought channel ('<|turn>model\n<|channel>
-    # thought\n<channel|>') that its rendering of an answered turn leaves out, so no split of
-    # the conversation is both exact and what generation starts from.
-    tok = real("gemma4-it")
-    record = PreferenceRecord(user("Capital of France?"), answer("Paris."), [], "rows.jsonl:7")
-    with pytest.raises(DataError, match=r"^rows\.jsonl:7: chat template .*<\|channel>thought"):
-        tokenize_records(tok, [record], chat=True, max_length=256)

@@ -115,3 +115,33 @@ def test_context_window_is_read_from_the_config_without_the_weights(llama_dir, g
     assert context_window(str(gpt2_dir)) == _json.loads(
         (gpt2_dir / "config.json").read_text())["n_positions"]
     assert context_window(str(tmp_path / "missing")) is None
+
+
+def test_generation_stops_on_every_eos_id_of_the_generation_config(tmp_path, chat_tokenizer):
+    # Llama 3.1 stops on <|eot_id|> and <|end_of_text|>, Phi-3.5 on <|end|>: the model's
+    # generation_config.json lists them, the tokenizer knows one. A tiny model that always emits
+    # the tokenizer's *other* end token ('</s>' here; EOS is '<|im_end|>') must stop on it.
+    from tether.model.loading import load_model
+
+    tok = chat_tokenizer
+    second = tok.convert_tokens_to_ids("</s>")
+    assert second != tok.eos_token_id
+    model = _model(tok)
+    with torch.no_grad():  # constant hidden state, one hot LM-head row: always `second`
+        model.model.embed_tokens.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[second] = 5.0
+    ids = [prompt_ids(tok, [{"role": "user", "content": "the cat"}], chat=True)]
+    model.generation_config.eos_token_id = tok.eos_token_id
+    only_eos = generate(model, tok, ids, Decoding(max_new_tokens=4))
+    assert [(g.tokens, g.finish_reason) for g in only_eos] == [(4, "length")]  # not a stop token
+    model.generation_config.eos_token_id = [tok.eos_token_id, second]
+    model.save_pretrained(tmp_path)  # generation_config.json, read back as a run would
+    loaded = load_model(str(tmp_path))
+    assert loaded.generation_config.eos_token_id == [tok.eos_token_id, second]
+    assert stop_ids(loaded, tok) == sorted([tok.eos_token_id, second])
+    gens = generate(loaded, tok, ids, Decoding(max_new_tokens=4))
+    assert [(g.text, g.tokens, g.finish_reason) for g in gens] == [("", 0, "stop")]

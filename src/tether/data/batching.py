@@ -69,7 +69,8 @@ def collate(rows: Sequence[TokenizedPair], index: Sequence[int], pad_id: int) ->
         n = len(p) + len(c)
         ids[i, :n] = torch.tensor(p + c)
         attn[i, :n] = 1
-        comp[i, len(p) : n] = 1
+        mask = rows[i].chosen_mask if i < len(rows) else None  # block 0: the chosen rows
+        comp[i, len(p) : n] = torch.tensor(mask) if mask is not None else 1
     return PreferenceBatch(ids, attn, comp, torch.tensor(list(index)), len(rows))
 
 

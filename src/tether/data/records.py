@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.data.messages import check_message, check_tools
 from tether.data.sources import Row, read_rows
 from tether.errors import ConfigError, DataError
 
@@ -33,10 +34,9 @@ __all__ = [
     "read_rows",
 ]
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role, content; tool_calls, reasoning_content ... (data.messages)
 Text = str | list[Message]
-
-ROLES = ("system", "user", "assistant", "tool")  # what chat templates know how to render
+Tools = list[dict[str, Any]] | None  # a row's JSON-schema tool list, passed to the template
 
 # Alpaca's prompt (Taori et al. 2023), the template Raschka's instruction data is built for.
 TEMPLATES = {
@@ -54,6 +54,7 @@ class PreferenceRecord:
     chosen: Text
     rejected: Text
     source: str = ""
+    tools: Tools = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class PromptRecord:
     prompt: Text
     row: dict[str, Any]
     source: str = ""
+    tools: Tools = None
 
 
 @dataclass
@@ -164,20 +166,7 @@ def _check_text(value: Any, name: str, source: str, allow_empty: bool = False) -
     if isinstance(value, list):
         if not value and not allow_empty:
             raise DataError(f"{source}: field '{name}' is an empty list of messages")
-        for i, m in enumerate(value):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-                m.get("content"), str
-            ):
-                raise DataError(
-                    f"{source}: field '{name}[{i}]' must be a {{'role': str, 'content': str}} "
-                    "message"
-                )
-            if m["role"] not in ROLES:  # a chat template would mis-render or drop the turn
-                raise DataError(
-                    f"{source}: field '{name}[{i}]' has role {m['role']!r}; expected one of "
-                    f"{', '.join(ROLES)} (rename it, e.g. with a script, or remove the row)"
-                )
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+        return [check_message(m, source, f"{name}[{i}]") for i, m in enumerate(value)]
     if value is None and not allow_empty:  # JSON null, or an empty CSV/Parquet cell
         raise DataError(f"{source}: field '{name}' is empty (null); fill it in or remove the row")
     raise DataError(
@@ -260,7 +249,8 @@ def load_preferences(
             report.identical_dropped += 1
             report.identical_sources.append(row.source)
             continue
-        records.append(PreferenceRecord(prompt, chosen, rejected, row.source))
+        tools = check_tools(data.get("tools"), row.source)
+        records.append(PreferenceRecord(prompt, chosen, rejected, row.source, tools))
     report.kept = len(records)
     report.format = "/".join(sorted(formats))
     if not records:
@@ -289,7 +279,8 @@ def load_prompts(
             )
         else:
             raise DataError(f"{row.source}: missing field 'prompt'")
-        out.append(PromptRecord(prompt, dict(row.data), row.source))
+        out.append(PromptRecord(prompt, dict(row.data), row.source,
+                                check_tools(data.get("tools"), row.source)))
     if not out:
         raise DataError(f"{path}: no rows")
     return out
@@ -322,8 +313,13 @@ def load_completions(
                 raise DataError(
                     f"{row.source}: field 'messages' must end with assistant turn(s) after a prompt"
                 )
-            prompt: Text = msgs[:k]
-            completion: Text = msgs[k:]
+            # Every assistant turn is scored (data.turns): the completion starts at the first.
+            first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            if first == 0:
+                raise DataError(f"{row.source}: field 'messages' starts with an assistant turn; "
+                                "it needs a prompt (a user or system turn) first")
+            prompt: Text = msgs[:first]
+            completion: Text = msgs[first:]
         else:
             name = "completion" if "completion" in data else "chosen"
             if name not in data:
@@ -332,7 +328,8 @@ def load_completions(
                 raise DataError(f"{row.source}: missing field 'prompt'")
             prompt = _check_text(data["prompt"], "prompt", row.source)
             completion = _check_text(data[name], name, row.source)
-        out.append(PreferenceRecord(prompt, completion, "", row.source))
+        out.append(PreferenceRecord(prompt, completion, "", row.source,
+                                    check_tools(data.get("tools"), row.source)))
     if not out:
         raise DataError(f"{path}: no rows")
     return out

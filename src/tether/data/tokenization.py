@@ -16,6 +16,9 @@ Policy, stated once:
   is a ``DataError`` naming the row.
 - Each completion ends with EOS exactly once (chat templates that already close the turn with
   EOS are not doubled; whitespace a template adds after EOS is cut).
+- Chat templates (``data.chat``): the row's tools and the run's ``chat_template_kwargs`` go to
+  the template; a thinking block that only the generation prompt opens belongs to the prompt.
+- Multi-turn SFT rows score every assistant turn through ``chosen_mask`` (``data.turns``).
 - ``max_prompt_length`` keeps the prompt's END (and its BOS); ``max_length`` then keeps the
   completion's START. A row whose completion would become empty is dropped and counted.
 """
@@ -23,15 +26,20 @@ Policy, stated once:
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from tether.data.chat import render_chat, render_pair
 from tether.data.records import Message, PreferenceRecord, Text
-from tether.errors import DataError, ModelError
+from tether.data.turns import TurnsDiffer, assistant_mask, is_multi_turn
+from tether.errors import DataError
 
-__all__ = ["TokenizedPair", "TruncationAudit", "beyond_context", "prompt_ids", "render_chat",
+# False: plain text; True: the chat template; a mapping: the chat template called with these
+# keyword arguments (the run's ``chat_template_kwargs``, e.g. ``{"enable_thinking": False}``).
+Chat = bool | Mapping[str, Any]
+
+__all__ = ["Chat", "TokenizedPair", "TruncationAudit", "beyond_context", "prompt_ids",
            "tokenize_records", "use_chat"]
 
 log = logging.getLogger("tether")
@@ -45,6 +53,9 @@ class TokenizedPair:
     chosen: list[int]
     rejected: list[int]
     source: str = ""
+    # Multi-turn SFT rows: 1 on the chosen tokens that are scored (assistant turns), 0 on the
+    # user and tool turns between them; None: every completion token is scored.
+    chosen_mask: list[int] | None = field(default=None, kw_only=True)
 
     @property
     def length(self) -> int:
@@ -64,6 +75,7 @@ class TruncationAudit:
     dropped: int = 0
     tokens_lost: int = 0
     retokenized: int = 0
+    last_turn_only: int = 0
 
     def summary(self) -> str:
         return (
@@ -71,33 +83,25 @@ class TruncationAudit:
             f"completions truncated of {self.rows} rows, {self.tokens_lost} tokens lost, "
             f"{self.dropped} rows dropped (no room for the completion), "
             f"{self.retokenized} boundaries re-tokenized"
+            + (f", {self.last_turn_only} conversations scored on their last assistant turns only "
+               "(the template renders earlier turns differently)" if self.last_turn_only else "")
         )
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
-def use_chat(tokenizer: Any, mode: Literal["auto", "on", "off"], conversational: bool) -> bool:
+def use_chat(
+    tokenizer: Any, mode: Literal["auto", "on", "off"], conversational: bool,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> Chat:
+    """Whether rows go through the chat template; with ``template_kwargs`` (the run's
+    ``chat_template_kwargs``) the template is called with them."""
     has = getattr(tokenizer, "chat_template", None) is not None
     if mode == "on" and not has:
         raise DataError("chat_template=on, but the tokenizer has no chat template; use off")
-    return mode == "on" or (mode == "auto" and has and conversational)
-
-
-def render_chat(tokenizer: Any, messages: list[Message], **kwargs: Any) -> str:
-    """``apply_chat_template(messages, tokenize=False)``; a template that fails (or that
-    transformers' Jinja sandbox stops, e.g. reaching for ``__class__``) is a one-line
-    ModelError, not a traceback from inside Jinja."""
-    from jinja2 import TemplateError
-
-    try:
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs))
-    except TemplateError as e:
-        raise ModelError(
-            f"tokenizer: its chat template failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); fix or replace the template in "
-            "tokenizer_config.json, or use chat_template=off"
-        ) from None
+    chat = mode == "on" or (mode == "auto" and has and conversational)
+    return dict(template_kwargs) if chat and template_kwargs else chat
 
 
 def _as_messages(text: Text, role: str) -> list[Message]:
@@ -117,39 +121,46 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _render(tokenizer: Any, prompt: Text, completion: Text, chat: bool) -> tuple[str, str, bool]:
+def _render(
+    tokenizer: Any, rec: PreferenceRecord, completion: Text, chat: Chat
+) -> tuple[str, str, bool]:
     """(prompt text, prompt+completion text, add special tokens when encoding)."""
     if chat:
-        p = _as_messages(prompt, "user")
+        p = _as_messages(rec.prompt, "user")
         c = _as_messages(completion, "assistant")
-        ptext = render_chat(tokenizer, p, add_generation_prompt=True)
-        full = render_chat(tokenizer, p + c)
-        if not full.startswith(ptext):
-            # e.g. Gemma 4: the generation prompt opens an empty thought channel that the
-            # template leaves out of an answered turn, so no boundary is both exact and true.
-            k = len(os.path.commonprefix([ptext, full]))
-            raise DataError(
-                "chat template renders the prompt differently with and without the answer "
-                f"(generation prompt {ptext[k:][:40]!r}, answered turn {full[k:][:40]!r}); "
-                "use chat_template=off or a template whose generation prompt is a prefix"
-            )
+        ptext, full = render_pair(tokenizer, p, c, tools=rec.tools, template_kwargs=_kwargs(chat))
         return ptext, full, False  # templates write their own BOS
-    ptext = _plain(prompt, prompt=True)
+    texts = [t for t in (rec.prompt, completion) if isinstance(t, list)]
+    if rec.tools or any("tool_calls" in m for t in texts for m in t):
+        # 'role: content' lines have no place for them: they would vanish from the text
+        raise DataError("tools and tool calls need a chat template; this run uses none "
+                        "(chat_template=off, or the tokenizer has no template)")
+    ptext = _plain(rec.prompt, prompt=True)
     return ptext, ptext + _plain(completion, prompt=False), True
 
 
-def prompt_ids(tokenizer: Any, prompt: Text, chat: bool) -> list[int]:
-    """The prompt's token ids exactly as training sees them (generation starts from these)."""
+def _kwargs(chat: Chat) -> Mapping[str, Any] | None:
+    return chat if isinstance(chat, Mapping) else None
+
+
+def prompt_ids(
+    tokenizer: Any, prompt: Text, chat: Chat, tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[int]:
+    """The prompt's token ids exactly as training sees them (generation starts from these).
+
+    ``chat``: False for plain text, True for the chat template, or the run's
+    ``chat_template_kwargs`` (a mapping: the chat template called with those arguments)."""
     if chat:
-        text = render_chat(tokenizer, _as_messages(prompt, "user"), add_generation_prompt=True)
+        text = render_chat(tokenizer, _as_messages(prompt, "user"), generation_prompt=True,
+                           tools=tools, template_kwargs=_kwargs(chat))
         return _ids(tokenizer, text, False)
     return _ids(tokenizer, _plain(prompt, prompt=True), True)
 
 
 def _completion_ids(
-    tokenizer: Any, prompt: Text, completion: Text, chat: bool, audit: TruncationAudit
+    tokenizer: Any, rec: PreferenceRecord, completion: Text, chat: Chat, audit: TruncationAudit
 ) -> tuple[list[int], list[int]]:
-    ptext, full, special = _render(tokenizer, prompt, completion, chat)
+    ptext, full, special = _render(tokenizer, rec, completion, chat)
     p_ids = _ids(tokenizer, ptext, special)
     full_ids = _ids(tokenizer, full, special)
     if full_ids[: len(p_ids)] == p_ids:
@@ -158,6 +169,42 @@ def _completion_ids(
         audit.retokenized += 1
         c_ids = _continuation(tokenizer, p_ids, full[len(ptext) :], _decode(tokenizer, full_ids))
     return p_ids, _end_with_eos(tokenizer, c_ids)
+
+
+def _last_turns(rec: PreferenceRecord) -> PreferenceRecord:
+    """The row with every turn before its final assistant turns moved into the prompt."""
+    msgs = [*rec.prompt, *rec.chosen]
+    k = max(i for i, m in enumerate(msgs) if m["role"] != "assistant") + 1
+    return replace(rec, prompt=msgs[:k], chosen=msgs[k:])
+
+
+def _multi_turn(
+    tokenizer: Any, rec: PreferenceRecord, chat: Chat, audit: TruncationAudit
+) -> tuple[list[int], list[int], list[int] | None]:
+    """An SFT conversation whose completion has user/tool turns between assistant turns:
+    (prompt ids, completion ids, mask scoring every assistant turn), see ``data.turns``."""
+    assert isinstance(rec.prompt, list) and isinstance(rec.chosen, list)
+    kw = _kwargs(chat)
+
+    def render(messages: Sequence[Mapping[str, Any]], generation_prompt: bool) -> str:
+        return render_chat(tokenizer, messages, generation_prompt=generation_prompt,
+                           tools=rec.tools, template_kwargs=kw)
+
+    ptext, full, _ = _render(tokenizer, rec, rec.chosen, chat)
+    p_ids, full_ids = _ids(tokenizer, ptext, False), _ids(tokenizer, full, False)
+    try:
+        if full_ids[: len(p_ids)] != p_ids or full != render([*rec.prompt, *rec.chosen], False):
+            raise TurnsDiffer
+        mask = assistant_mask(tokenizer, rec.prompt, rec.chosen, len(p_ids), render,
+                              {"tools": rec.tools, **(kw or {})})
+        if len(mask) != len(full_ids) - len(p_ids):
+            raise TurnsDiffer
+    except TurnsDiffer:  # score the final assistant turns, as for a single-turn row
+        audit.last_turn_only += 1
+        last = _last_turns(rec)
+        return (*_completion_ids(tokenizer, last, last.chosen, chat, audit), None)
+    ids = _end_with_eos(tokenizer, full_ids[len(p_ids) :])  # a prefix, plus EOS if appended
+    return p_ids, ids, mask[: len(ids)] + [1] * (len(ids) - len(mask))
 
 
 # Separators whose tokens do not merge with most text that follows them: after one, a
@@ -211,7 +258,7 @@ def tokenize_records(
     tokenizer: Any,
     records: Sequence[PreferenceRecord],
     *,
-    chat: bool,
+    chat: Chat,
     max_length: int,
     max_prompt_length: int | None = None,
 ) -> tuple[list[TokenizedPair], TruncationAudit]:
@@ -220,10 +267,17 @@ def tokenize_records(
     out = []
     for rec in records:
         try:
-            p_ids, chosen = _completion_ids(tokenizer, rec.prompt, rec.chosen, chat, audit)
+            mask: list[int] | None = None
+            if chat and not rec.rejected and is_multi_turn(rec.chosen):
+                p_ids, chosen, mask = _multi_turn(tokenizer, rec, chat, audit)
+            elif not rec.rejected and is_multi_turn(rec.chosen):  # plain text: no turn marks
+                last = _last_turns(rec)
+                p_ids, chosen = _completion_ids(tokenizer, last, last.chosen, chat, audit)
+            else:
+                p_ids, chosen = _completion_ids(tokenizer, rec, rec.chosen, chat, audit)
             rejected: list[int] = []
             if rec.rejected:
-                _, rejected = _completion_ids(tokenizer, rec.prompt, rec.rejected, chat, audit)
+                _, rejected = _completion_ids(tokenizer, rec, rec.rejected, chat, audit)
         except DataError as e:
             raise DataError(f"{rec.source}: {e}") from None
         if max_prompt_length is not None and len(p_ids) > max_prompt_length:
@@ -242,7 +296,8 @@ def tokenize_records(
             audit.completions_truncated += 1
             audit.tokens_lost += sum(len(c) - room for c in cut)
             chosen, rejected = chosen[:room], rejected[:room]
-        out.append(TokenizedPair(p_ids, chosen, rejected, rec.source))
+            mask = mask[:room] if mask is not None else None
+        out.append(TokenizedPair(p_ids, chosen, rejected, rec.source, chosen_mask=mask))
     return out, audit
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tether.fields import SEED_MAX, Checked, opt
 
@@ -91,6 +91,10 @@ class EvalConfig(Checked, JudgeConfig):
     prompt_template: str | None = opt(None, "build the prompt from fields, e.g. '{instruction}'")
     chat_template: Literal["auto", "on", "off"] = opt(
         "auto", "use the tokenizer's chat template (auto: when it has one and rows are messages)"
+    )
+    chat_template_kwargs: dict[str, Any] = opt(
+        {}, "keyword arguments for the chat template, e.g. chat_template_kwargs.enable_thinking="
+        "false (Qwen 3)"
     )
     max_prompts: int | None = opt(
         None, "evaluate only the first N prompts (default: all)", ge=1

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 from tether.config import build_config, save_config
 from tether.data.memory import dataset_name, registered
 from tether.data.records import PreferenceRecord, PromptRecord, load_preferences, load_prompts
-from tether.data.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
+from tether.data.tokenization import (
+    Chat,
+    TokenizedPair,
+    prompt_ids,
+    tokenize_records,
+    use_chat,
+)
 from tether.errors import ConfigError, ModelError
 from tether.eval.cache import JudgmentCache
 from tether.eval.config import EvalConfig
@@ -189,12 +195,13 @@ def _run_model(
 
 
 def _check_tokenizers(tokenizer: Any, reference: str, ids: list[list[int]], prompts: Any,
-                      chat: bool, trust: bool) -> None:
+                      chat: Chat, trust: bool) -> None:
     """Both models are fed the same ids: their vocabularies must agree."""
     if not (Path(reference).expanduser() / "tokenizer_config.json").is_file():
         return
     other = load_tokenizer(reference, trust)
-    same = len(other) == len(tokenizer) and prompt_ids(other, prompts[0].prompt, chat) == ids[0]
+    first = prompt_ids(other, prompts[0].prompt, chat, prompts[0].tools)
+    same = len(other) == len(tokenizer) and first == ids[0]
     if not same:
         raise ModelError(
             f"reference: {reference}'s tokenizer differs from the trained model's "
@@ -229,8 +236,9 @@ def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     prompts = load_prompts(cfg.data, field_map=cfg.field_map,
                            prompt_template=cfg.prompt_template, split=cfg.split)
     prompts = prompts[: cfg.max_prompts] if cfg.max_prompts else prompts
-    chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompts[0].prompt, list))
-    ids = [prompt_ids(tokenizer, p.prompt, chat) for p in prompts]
+    chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompts[0].prompt, list),
+                    cfg.chat_template_kwargs)
+    ids = [prompt_ids(tokenizer, p.prompt, chat, p.tools) for p in prompts]
     _check_tokenizers(tokenizer, paths.reference, ids, prompts, chat, cfg.trust_remote_code)
     ids, truncated = fit_to_context(ids, [paths.model, paths.reference], cfg.max_new_tokens,
                                     cfg.max_prompt_length, tokenizer.bos_token_id,

@@ -22,10 +22,11 @@ class CompletionsShape:
     def load(self, cfg: Any, path: str, tokenizer: Any) -> Loaded:
         records = load_completions(path, field_map=cfg.field_map,
                                    prompt_template=cfg.prompt_template, split=cfg.split)
-        chat = use_chat(tokenizer, cfg.chat_template, needs_chat(records))
+        chat = use_chat(tokenizer, cfg.chat_template, needs_chat(records),
+                        cfg.chat_template_kwargs)
         rows, audit = tokenize_records(tokenizer, records, chat=chat, max_length=cfg.max_length,
                                        max_prompt_length=cfg.max_prompt_length)
-        return Loaded(rows, audit, chat).check(path, cfg.max_length)
+        return Loaded(rows, audit, bool(chat)).check(path, cfg.max_length)
 
     def step(
         self, cfg: LossConfig, rows: Sequence[TokenizedPair], logps: Tensor, counts: Tensor,

@@ -37,14 +37,14 @@ class PairsShape:
             rows, audit = tokenize_expanded(records, loss, tok)
             report.notes.append(f"expanded into {len(rows)} pairs (rank_pairs={loss.rank_pairs},"
                                 f" rank_weight_by_gap={loss.rank_weight_by_gap})")
-            return Loaded(rows, audit, tok["chat"], report).check(path, cfg.max_length)
+            return Loaded(rows, audit, bool(tok["chat"]), report).check(path, cfg.max_length)
         pairs, report = load_preferences(path, data_format=cfg.data_format,
                                          field_map=cfg.field_map,
                                          prompt_template=cfg.prompt_template, split=cfg.split)
-        chat = use_chat(tokenizer, cfg.chat_template, needs_chat(pairs))
+        chat = use_chat(tokenizer, cfg.chat_template, needs_chat(pairs), cfg.chat_template_kwargs)
         rows, audit = tokenize_records(tokenizer, pairs, chat=chat, max_length=cfg.max_length,
                                        max_prompt_length=cfg.max_prompt_length)
-        return Loaded(rows, audit, chat, report).check(path, cfg.max_length)
+        return Loaded(rows, audit, bool(chat), report).check(path, cfg.max_length)
 
     def step(
         self, cfg: LossConfig, rows: Sequence[TokenizedPair], logps: Tensor, counts: Tensor,

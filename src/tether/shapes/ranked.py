@@ -190,7 +190,8 @@ def read_rankings(cfg: Any, path: str) -> tuple[list[RankedRecord], DataReport]:
 
 def tokenizer_args(cfg: Any, tokenizer: Any, prompt: Text) -> dict[str, Any]:
     """The keyword arguments of ``tokenize_records`` for this run (chat template or not)."""
-    chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompt, list))
+    chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompt, list),
+                    cfg.chat_template_kwargs)
     return {"tokenizer": tokenizer, "chat": chat, "max_length": cfg.max_length,
             "max_prompt_length": cfg.max_prompt_length}
 

@@ -140,11 +140,12 @@ class UnpairedShape:
         records, report = load_unpaired(path, data_format=cfg.data_format,
                                         field_map=cfg.field_map,
                                         prompt_template=cfg.prompt_template, split=cfg.split)
-        chat = use_chat(tokenizer, cfg.chat_template, isinstance(records[0].prompt, list))
+        chat = use_chat(tokenizer, cfg.chat_template, isinstance(records[0].prompt, list),
+                        cfg.chat_template_kwargs)
         tok = {"tokenizer": tokenizer, "chat": chat, "max_length": cfg.max_length,
                "max_prompt_length": cfg.max_prompt_length}
         rows, audit = _tokenize_unpaired(records, cfg.seed, tok)
-        return Loaded(rows, audit, chat, report).check(path, cfg.max_length)
+        return Loaded(rows, audit, bool(chat), report).check(path, cfg.max_length)
 
     def step(
         self, cfg: LossConfig, rows: Sequence[TokenizedPair], logps: Tensor, counts: Tensor,

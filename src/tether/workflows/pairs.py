@@ -163,8 +163,8 @@ def sample(cfg: PairsConfig) -> dict[str, int]:
     model = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device,
                        trust_remote_code=cfg.trust_remote_code)
     chat = use_chat(tokenizer, cfg.chat_template, isinstance(prompts[0].prompt, list))
-    ids, truncated = fit_to_context([prompt_ids(tokenizer, p.prompt, chat) for p in prompts],
-                                    [cfg.model], cfg.max_new_tokens, None,
+    ids = [prompt_ids(tokenizer, p.prompt, chat, p.tools) for p in prompts]
+    ids, truncated = fit_to_context(ids, [cfg.model], cfg.max_new_tokens, None,
                                     tokenizer.bos_token_id, cfg.trust_remote_code)
     if truncated:
         log.warning("%d of %d prompts did not fit the context window with max_new_tokens=%d "

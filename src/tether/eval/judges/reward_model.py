@@ -72,13 +72,13 @@ class RewardModelJudge:
 
     def _text(self, prompt: str, answer: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            from tether.data.tokenization import render_chat
+            from tether.data.chat import render_chat
 
             messages = [
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": answer},
             ]
-            return render_chat(self.tokenizer, messages)
+            return render_chat(self.tokenizer, messages, generation_prompt=False)
         return f"{prompt}\n{answer}"
 
     @torch.no_grad()
