@@ -88,4 +88,5 @@ def train_config(tmp_path: Path, **overrides: object):
 
 def read_metrics(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(x) for x in lines if x.strip()]
+    rows = [json.loads(x) for x in lines if x.strip()]
+    return [r for r in rows if "event" not in r]  # metric rows, not health events

@@ -25,6 +25,7 @@ _HELP = {
     "iterate": "iterative DPO: sample, judge, train, evaluate, repeat",
     "eval": "win-rate of the trained model against its reference",
     "label": "a local web page where people judge answers side by side",
+    "report": "redraw a run's report.md and plots, or overlay several runs",
     "demo": "the whole method end to end on a tiny model, offline, minutes",
 }
 COMMANDS: dict[str, tuple[str, str]] = {

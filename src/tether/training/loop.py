@@ -41,6 +41,7 @@ from tether.model.lora import apply_lora, load_4bit, save_lora
 from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, make_batch
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
+from tether.tracking import Tracking, open_tracking
 from tether.training.checkpoint import LoopState, latest_checkpoint, save_checkpoint
 from tether.training.distributed import (
     Dist,
@@ -90,6 +91,7 @@ class Setup:
     scorer: torch.nn.Module  # SequenceLogProbs(policy), DDP-wrapped or FSDP-sharded
     prefix_sharing: bool  # pairs scored as prompt‖chosen‖rejected (see _shares_prefix)
     grad_sync: GradSync  # which micro-batches reduce gradients over ranks (the step's last)
+    track: Tracking  # metrics.jsonl, trackers (report_to), health warnings, report.md
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -99,6 +101,7 @@ def train(cfg: TrainConfig) -> Path:
         finished = _loop(setup, stop)
     if finished:
         _save(setup)
+    setup.track.finish()  # summary to the trackers, report.md (also after a stop signal)
     path, d = setup.run.path, setup.dist
     # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
     # group freed after destroy_process_group can wait forever on a rank that has already left.
@@ -177,16 +180,15 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             bar.update(1)
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
-                row = _log_row(window, st, lr)
+                row = _log_row(window, st, lr, st.epoch + st.step_in_epoch / len(steps))
                 elapsed = time.perf_counter() - t_start
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
-                s.run.log_metrics(row)
-                st.metrics_lines += 1
+                row["num_tokens"] = s.dist.total(st.tokens)
+                st.metrics_lines += s.track.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=row.get("rewards/accuracies"))
                 window.clear()
             if s.eval_rows and cfg.eval_every and st.step % cfg.eval_every == 0:
-                s.run.log_metrics({"step": st.step, **evaluate_pairs(s)})
-                st.metrics_lines += 1
+                st.metrics_lines += s.track.log({"step": st.step, **evaluate_pairs(s)})
             stopping = s.dist.any(stop.requested)  # all ranks stop at the same step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stopping:
                 _checkpoint(s)
@@ -202,7 +204,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     bar.close()
     if s.eval_rows:
         final = {"step": st.step, **evaluate_pairs(s)}
-        s.run.log_metrics(final)
+        st.metrics_lines += s.track.log(final)
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
     return True
 
@@ -254,8 +256,9 @@ def _means(window: dict[str, float]) -> dict[str, float]:
             if not k.endswith("#rows") and f"{k}#rows" in window}
 
 
-def _log_row(window: dict[str, float], st: LoopState, lr: float) -> dict[str, Any]:
-    row: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lr}
+def _log_row(window: dict[str, float], st: LoopState, lr: float, epoch: float) -> dict[str, Any]:
+    # learning_rate, epoch (a float) and num_tokens: the names TRL users read
+    row: dict[str, Any] = {"step": st.step, "epoch": epoch, "lr": lr, "learning_rate": lr}
     row.update(_means(window))
     row["grad_norm"] = window["grad_norm"] / window["steps"]
     row["skipped_steps"] = st.skipped_steps
@@ -284,6 +287,7 @@ def _checkpoint(s: Setup) -> None:
     path = save(s.run.path, s.policy, s.optimizer, s.scheduler, s.state, s.fingerprint,
                 s.cfg.keep_checkpoints)
     log.info("checkpoint %s", path)
+    s.track.checkpoint()  # report.md redrawn
 
 
 class StopOnSignal:
@@ -364,10 +368,11 @@ def _setup(cfg: TrainConfig) -> Setup:
     )
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
+    track = open_tracking(cfg, run, dist, train_rows)  # after _resume trimmed metrics.jsonl
     return Setup(cfg, loss, shape, run, device, autocast, tokenizer, policy, reference,
                  train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
                  scorer, _shares_prefix(cfg, shape, kind, dist),
-                 GradSync(scorer, defer_fsdp=cfg.lora))
+                 GradSync(scorer, defer_fsdp=cfg.lora), track)
 
 
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
@@ -390,7 +395,8 @@ _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_
                    "eval_data", "max_steps", "epochs",
                    # scale: the global batch (rows per step) must match, not how it is split
                    # over ranks and micro-batches, so a run may resume at another world size
-                   "batch_size", "grad_accum", "distributed", "merge"}
+                   "batch_size", "grad_accum", "distributed", "merge",
+                   "report_to", "run_name", "project"}
 
 
 def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair], global_batch: int) -> dict[str, Any]:
