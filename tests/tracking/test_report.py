@@ -95,3 +95,21 @@ def test_only_rank_0_builds_trackers(tmp_path):
         assert not (tmp_path / "metrics.jsonl").exists()
     finally:
         del TRACKERS["nolib"]
+
+
+def test_eval_win_rate_reaches_the_runs_trackers_and_report(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tether.tracking import report_eval
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 7, "loss": 0.4}) + "\n")
+    (tmp_path / "eval").mkdir()
+    results = {"win_rate": 0.8, "ci95": [0.6, 0.9], "lc_win_rate": 0.7, "n": 20,
+               "judge": "rule"}
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    report_eval(tmp_path, results, {"report_to": ["tensorboard"], "project": "p"})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("eval/win_rate")] == [(7, 0.8)]
+    assert acc.Scalars("eval/win_rate_ci95_low")[0].value == pytest.approx(0.6)
+    assert "Win-rate (tether eval): 80.0%" in (tmp_path / "report.md").read_text()

@@ -46,6 +46,7 @@ from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
 from tether.io import write_json, write_text
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+from tether.tracking import report_eval
 
 __all__ = ["evaluate"]
 
@@ -249,6 +250,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     })
     results = clean(results)
     _write(paths.out, results, lines, judged, policy.generations, reference.generations)
+    report_eval(paths.out.parent, results, paths.run_config)  # the run's trackers, report.md
     for line in summary_lines(results):
         print(line)
     print(f"results: {paths.out / 'results.json'}  report: {paths.out / 'report.md'}")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from tether.training.distributed import Dist
     from tether.training.run_dir import RunDir
 
-__all__ = ["TRACKERS", "Logger", "Tracking", "open_tracking"]
+__all__ = ["TRACKERS", "Logger", "Tracking", "open_tracking", "report_eval"]
 
 log = logging.getLogger("tether")
 
@@ -126,3 +126,26 @@ def data_lengths(rows: Sequence[TokenizedPair], max_length: int) -> dict[str, An
                  "length_ratio": chosen / max(1, sum(len(r.rejected) for r in paired))}
     return {"max_length": max_length, "pairs": pairs,
             "train": {k: _histogram(v, top) for k, v in parts.items()}}
+
+
+def report_eval(run_dir: Path, results: dict[str, Any], run_config: dict[str, Any]) -> None:
+    """``tether eval`` on a run directory: its win-rate to the trackers the run reported to
+    (as a run named ``<run_name>-eval``, at the run's last step) and into its report.md."""
+    history = read_history(run_dir)
+    step = max((int(r.get("step", 0)) for r in history), default=0)
+    names = [str(t) for t in run_config.get("report_to") or [] if t in TRACKERS]
+    numbers = {k: float(v) for k, v in {
+        "eval/win_rate": results.get("win_rate"),
+        "eval/win_rate_ci95_low": (results.get("ci95") or [None])[0],
+        "eval/win_rate_ci95_high": (results.get("ci95") or [None, None])[1],
+        "eval/lc_win_rate": results.get("lc_win_rate"),
+        "eval/n": results.get("n"),
+    }.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    name = f"{run_config.get('run_name') or run_dir.name}-eval"
+    for logger in build_loggers(names, run_dir, name, str(run_config.get("project") or "tether")):
+        logger.log_config({"judge": results.get("judge"), "models": results.get("models"),
+                           "data": results.get("data")})
+        logger.log(numbers, step)
+        logger.finish(numbers)
+    if history:
+        write_report(run_dir)
