@@ -81,6 +81,7 @@ def train_config(tmp_path: Path, **overrides: object):
         "eval_batch_size": 8,
         "max_steps": 2,
         "lr": 1e-3,
+        "report": False,  # report.md's plots cost seconds a run; tests/tracking draws them
     }
     base.update(overrides)
     return build_config(TrainConfig, base)

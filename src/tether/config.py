@@ -135,8 +135,9 @@ class TrainConfig(Checked, LossConfig):
     progress: bool = opt(True, "show progress bars")
     report_to: list[str] = opt(
         [], "experiment trackers: tensorboard, wandb, mlflow, trackio or none (each an extra: "
-        "pip install 'tether[wandb]'); metrics.jsonl and report.md are always written"
+        "pip install 'tether[wandb]'); metrics.jsonl is always written"
     )
+    report: bool = opt(True, "write report.md and plots/ at each checkpoint and at the end")
     run_name: str | None = opt(None, "run name in the trackers (default: output_dir's name)")
     project: str = opt("tether", "project (W&B, trackio) or experiment (MLflow) in the trackers")
 

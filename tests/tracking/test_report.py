@@ -32,7 +32,7 @@ def test_plain_train_writes_report_and_tensorboard(llama_dir, pairs_file, tmp_pa
     eval_file = write_jsonl(tmp_path / "eval.jsonl", make_pairs(8))
     run = train(train_config(tmp_path, model=str(llama_dir), data=str(pairs_file),
                              eval_data=str(eval_file), max_steps=4, eval_every=2,
-                             report_to=["tensorboard"]))
+                             report_to=["tensorboard"], report=True))
     report = (run / "report.md").read_text()
     for png in ("curves", "eval_curves", "data_lengths"):
         assert f"](plots/{png}.png)" in report

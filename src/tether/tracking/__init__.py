@@ -39,8 +39,9 @@ class Tracking:
     """The loop's one handle on everything it reports."""
 
     def __init__(self, run: RunDir, loggers: list[Logger], history: list[dict[str, Any]],
-                 main: bool) -> None:
+                 main: bool, report: bool = True) -> None:
         self.run, self.loggers, self.history, self.main = run, loggers, history, main
+        self.report = main and report  # drawn by rank 0 only
         self.fired = {r["name"] for r in history if r.get("event") == "health"}
         self.pending: list[HealthWarning] = []  # found at set-up, written with the first row
 
@@ -64,7 +65,7 @@ class Tracking:
         return 1
 
     def checkpoint(self) -> None:
-        if self.main:
+        if self.report:
             write_report(self.run.path)
 
     def finish(self) -> None:
@@ -76,7 +77,7 @@ class Tracking:
         summary["health_warnings"] = float(len(self.fired))
         for logger in self.loggers:
             logger.finish(summary)
-        if self.main:
+        if self.report:
             log.info("report: %s", write_report(self.run.path))
 
 
@@ -95,7 +96,7 @@ def open_tracking(cfg: TrainConfig, run: RunDir, dist: Dist,
     run.write_json("data_lengths.json", stats)  # rank 0 only (QuietRunDir)
     # a resumed run continues its history (rank 0's file; every rank reads it to count alike)
     history = read_history(run.path)
-    track = Tracking(run, loggers, history, main=dist.main)
+    track = Tracking(run, loggers, history, main=dist.main, report=cfg.report)
     w = length_bias({**stats["pairs"], "what": "chosen (training data)"})
     if w is not None and w.name not in track.fired:
         track.pending.append(w)  # every rank counts its line with the first row

@@ -396,7 +396,7 @@ _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_
                    # scale: the global batch (rows per step) must match, not how it is split
                    # over ranks and micro-batches, so a run may resume at another world size
                    "batch_size", "grad_accum", "distributed", "merge",
-                   "report_to", "run_name", "project"}
+                   "report_to", "run_name", "project", "report"}
 
 
 def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair], global_batch: int) -> dict[str, Any]:
