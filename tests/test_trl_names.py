@@ -42,14 +42,12 @@ REACHES = {
     "max_completion_length": (None, {"max_length": 1024}),
     "truncation_mode": ("keep_end", {"max_prompt_length": None}),
     "resume_from_checkpoint": (True, {"resume": True}),
-    "report_to": ("none", {}),
     "disable_tqdm": (True, {"progress": False}),
     "use_cpu": (True, {"device": "cpu"}),
     "optim": ("adamw_torch", {"fused_adamw": False}),
     "adam_beta1": (0.8, {"adam_betas": [0.8, 0.999]}),
     "adam_beta2": (0.95, {"adam_betas": [0.9, 0.95]}),
     "logging_dir": ("logs", {}),
-    "run_name": ("exp-1", {}),
 }
 
 NEEDS = {"f_alpha_divergence_coef": {"f_divergence": "alpha_divergence"}}  # read only then
@@ -70,7 +68,6 @@ DIFFERS = {
     "max_completion_length": (256, "max_length"),
     "truncation_mode": ("keep_start", "remove it"),
     "resume_from_checkpoint": ("runs/x/checkpoint-500", "resume=true"),
-    "report_to": ("wandb", "metrics.jsonl"),
     "use_cpu": ("yes", "device="),
     "optim": ("adafactor", "adamw_torch"),
 }

@@ -26,6 +26,7 @@ _HELP = {
     "eval": "win-rate of the trained model against its reference",
     "push": "upload a run's model/ and its model card to the Hugging Face Hub",
     "label": "a local web page where people judge answers side by side",
+    "report": "redraw a run's report.md and plots, or overlay several runs",
     "demo": "the whole method end to end on a tiny model, offline, minutes",
     "inspect": "a report on a preference file before training: lengths, bias, duplicates",
 }

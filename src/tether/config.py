@@ -171,6 +171,13 @@ class TrainConfig(Checked, LossConfig):
     cache_dir: str = opt("~/.cache/tether", "where reference log-probs are cached ($TETHER_CACHE "
                          "replaces the default)")
     progress: bool = opt(True, "show progress bars")
+    report_to: list[str] = opt(
+        [], "experiment trackers: tensorboard, wandb, mlflow, trackio or none (each an extra: "
+        "pip install 'tether[wandb]'); metrics.jsonl is always written"
+    )
+    report: bool = opt(True, "write report.md and plots/ at each checkpoint and at the end")
+    run_name: str | None = opt(None, "run name in the trackers (default: output_dir's name)")
+    project: str = opt("tether", "project (W&B, trackio) or experiment (MLflow) in the trackers")
 
     # --- reliability
     save_every: int = opt(
@@ -236,6 +243,12 @@ class TrainConfig(Checked, LossConfig):
             out.append("model: required (a local directory or hub id)")
         if not self.data:
             out.append("data: required (a preference file, saved dataset or hub id)")
+        from tether.tracking.trackers import TRACKERS  # the one list of tracker names
+
+        unknown = [t for t in self.report_to if t not in (*TRACKERS, "none")]
+        if unknown:
+            out.append(f"report_to: unknown tracker {', '.join(unknown)}; choose from "
+                       f"{', '.join((*TRACKERS, 'none'))}")
         if self.max_steps == 0 or self.max_steps < -1:
             out.append(f"max_steps: must be >= 1 or -1 (use epochs), got {self.max_steps}")
         if self.max_steps == -1 and self.epochs <= 0:

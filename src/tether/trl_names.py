@@ -137,13 +137,6 @@ def _resume(value: Any, _: Mapping[str, Any]) -> dict[str, Any]:
                      "output_dir/checkpoints; set output_dir to that run and resume=true")
 
 
-def _report_to(value: Any, _: Mapping[str, Any]) -> dict[str, Any]:
-    if value in (None, "none", [], ["none"]):
-        return {}
-    raise ValueError("trackers differ in tether, which writes output_dir/metrics.jsonl; "
-                     "remove report_to or set it to none")
-
-
 def _adam_beta(i: int) -> Translate:
     def translate(value: Any, so_far: Mapping[str, Any]) -> dict[str, Any]:
         betas = list(so_far.get("adam_betas", [0.9, 0.999]))
@@ -212,7 +205,6 @@ TRL_NAMES: dict[str, TrlName] = {
                                "keep_end only"),
     "resume_from_checkpoint": TrlName("resume", _resume,
                                       "true/false; a path is an error (set output_dir)"),
-    "report_to": TrlName("(none)", _report_to, "none only: tether writes metrics.jsonl"),
     "disable_tqdm": TrlName("progress", _positive("progress"), "progress = not disable_tqdm"),
     "use_cpu": TrlName("device", _only({True: {"device": "cpu"}, False: {}}, "use device="),
                        "true = device=cpu"),
@@ -222,14 +214,14 @@ TRL_NAMES: dict[str, TrlName] = {
     "adam_beta1": TrlName("adam_betas", _adam_beta(0), "adam_betas[0]"),
     "adam_beta2": TrlName("adam_betas", _adam_beta(1), "adam_betas[1]"),
     "logging_dir": TrlName("(none)", _ignored, "ignored: metrics go to output_dir"),
-    "run_name": TrlName("(none)", _ignored, "ignored: the run is named by output_dir"),
 }
 
 # Same name, same meaning in TRL and tether (and warmup_ratio, resolved at set-up).
 SHARED = ("output_dir", "max_steps", "seed", "max_grad_norm", "weight_decay", "warmup_steps",
           "warmup_ratio", "gradient_checkpointing", "beta", "label_smoothing", "loss_weights",
           "max_length", "max_prompt_length", "lora_r", "lora_alpha", "lora_dropout",
-          "lora_target_modules", "load_in_4bit", "trust_remote_code", "save_total_limit")
+          "lora_target_modules", "load_in_4bit", "trust_remote_code", "save_total_limit",
+          "report_to", "run_name")
 _SHARED_NOTES = {"warmup_steps": "a step count (transformers 5's fraction below 1 is an error: "
                                  "use warmup_ratio)",
                  "label_smoothing": "same meaning, except beside loss_type: sigmoid (an error: "

@@ -54,6 +54,7 @@ from tether.eval.summary import clean, judgment_lines, win_rate_results
 from tether.io import cache_root, make_dir, write_json, write_text
 from tether.model.card import write_eval_section
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+from tether.tracking import report_eval
 
 __all__ = ["evaluate"]
 
@@ -282,6 +283,7 @@ def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     _write(paths.out, results, lines, judged, policy.generations, reference.generations)
     if write_eval_section(Path(paths.model) / "README.md", results):  # the model card's
         log.info("eval section of %s/README.md rewritten", paths.model)
+    report_eval(paths.out.parent, results, paths.run_config)  # the run's trackers, report.md
     for line in summary_lines(results):
         print(line)
     print(f"results: {paths.out / 'results.json'}  report: {paths.out / 'report.md'}")

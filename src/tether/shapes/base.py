@@ -98,7 +98,9 @@ def shape_of(loss: str) -> Shape:
 
 
 def logps_stats(name: str, logps: Tensor, counts: Tensor) -> Stats:
-    return {f"logps/{name}": logps.detach(), f"lengths/{name}": counts.float()}
+    per_token = logps.detach() / counts.clamp(min=1)  # TRL-comparable, length-free
+    return {f"logps/{name}": logps.detach(), f"logps/{name}_per_token": per_token,
+            f"lengths/{name}": counts.float()}
 
 
 def add_audit(total: TruncationAudit, part: TruncationAudit, rows: int) -> None:

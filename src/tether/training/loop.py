@@ -50,6 +50,7 @@ from tether.model.prefix_sharing import Batch, SharedPrefixBatch, batch_logps, m
 from tether.model.speed import apply_levers
 from tether.shapes import Shape, shape_of
 from tether.shapes.pairs import token_weighting
+from tether.tracking import Tracking, open_tracking
 from tether.training.best import BestCheckpoint, prune_keeping
 from tether.training.callbacks import Callbacks
 from tether.training.checkpoint import LoopState, resume_from, save_checkpoint
@@ -112,6 +113,7 @@ class Setup:
     weigh_tokens: Callable[[Batch], Batch]  # LD-DPO's per-token weights (identity otherwise)
     best: BestCheckpoint | None  # keep_best: the checkpoint with the best eval metric
     record: RunRecord  # run.json: versions, times, host, command, end-of-run summary
+    track: Tracking  # metrics.jsonl, trackers (report_to), health warnings, report.md
     callbacks: Callbacks = field(default_factory=Callbacks)  # the user's, called at 5 points
 
 
@@ -138,6 +140,7 @@ def train(
         _save(setup)
         setup.callbacks.save(setup.state.step, setup.run.model_dir)
     finish_run(setup, finished, start)  # run.json's summary, the model card, push_to_hub
+    setup.track.finish()  # summary to the trackers, report.md (also after a stop signal)
     path, d = setup.run.path, setup.dist
     # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
     # group freed after destroy_process_group can wait forever on a rank that has already left.
@@ -228,11 +231,11 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 s.total_steps = st.step
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
-                row = _log_row(window, st, lr)
+                row = _log_row(window, st, lr, st.epoch + st.step_in_epoch / len(steps))
                 elapsed = time.perf_counter() - t_start - eval_seconds  # training time only
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
-                s.run.log_metrics(row)
-                st.metrics_lines += 1
+                row["num_tokens"] = s.dist.total(st.tokens)
+                st.metrics_lines += s.track.log(row)
                 s.callbacks.log(st.step, row)
                 bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "rewards/accuracies")
                                  if row.get(k) is not None})  # SFT: no accuracy; skipped: no loss
@@ -240,8 +243,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             if s.eval_rows and _eval_due(cfg, st.step):
                 t_eval = time.perf_counter()
                 measured = evaluate_pairs(s)
-                s.run.log_metrics({"step": st.step, **measured})
-                st.metrics_lines += 1
+                st.metrics_lines += s.track.log({"step": st.step, **measured})
                 eval_seconds += time.perf_counter() - t_eval
                 if s.best is not None:
                     s.best.observe(st.step, measured)
@@ -261,7 +263,7 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
     bar.close()
     if s.eval_rows and not _eval_due(cfg, st.step):  # else the last step just evaluated
         final = {"step": st.step, **evaluate_pairs(s)}
-        s.run.log_metrics(final)
+        st.metrics_lines += s.track.log(final)
         s.callbacks.evaluate(st.step, {k: v for k, v in final.items() if k != "step"})
         log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "step"))
     return True
@@ -335,10 +337,11 @@ def _add_step(window: dict[str, float], step: dict[str, float], grad_norm: float
     window["grad_norm"] += grad_norm
 
 
-def _log_row(window: dict[str, float], st: LoopState, lr: float) -> dict[str, Any]:
+def _log_row(window: dict[str, float], st: LoopState, lr: float, epoch: float) -> dict[str, Any]:
     """One metrics line: the means over the window's finite steps; a window of skipped steps
-    only has no loss, no statistics and ``"skipped": true``."""
-    row: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "lr": lr}
+    only has no loss, no statistics and ``"skipped": true``. ``learning_rate``, ``epoch`` (a
+    float) and ``num_tokens`` are the names TRL users read."""
+    row: dict[str, Any] = {"step": st.step, "epoch": epoch, "lr": lr, "learning_rate": lr}
     row.update(_means(window))
     kept = window["steps"] - window["skipped"]
     if kept:
@@ -380,6 +383,7 @@ def _checkpoint(s: Setup) -> None:
         prune_keeping(s.run.path, s.cfg.checkpoints_kept, s.best.step)
     log.info("checkpoint %s", path)
     s.callbacks.save(s.state.step, Path(path))
+    s.track.checkpoint()  # report.md redrawn
 
 
 class StopOnSignal:
@@ -474,12 +478,13 @@ def _setup(cfg: TrainConfig, objects: Objects | None = None) -> Setup:
     )
     fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
     state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
+    track = open_tracking(cfg, run, dist, train_rows)  # after _resume trimmed metrics.jsonl
     return Setup(cfg, loss, shape, run, device, precision, tokenizer, policy, reference,
                  train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
                  scorer, sharing, cfg.packing, GradSync(scorer, defer_fsdp=cfg.lora), after_step,
                  token_weighting(loss),
                  BestCheckpoint.for_run(cfg.keep_best, run.path, dist.active, state.step),
-                 RunRecord.start(run.path, write=dist.main))
+                 RunRecord.start(run.path, write=dist.main), track)
 
 
 def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Dist) -> bool:
@@ -504,7 +509,8 @@ _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "save_total_limit
                    "eval_data", "max_steps", "epochs",
                    # scale: the global batch (rows per step) must match, not how it is split
                    # over ranks and micro-batches, so a run may resume at another world size
-                   "batch_size", "grad_accum", "distributed", "merge"}
+                   "batch_size", "grad_accum", "distributed", "merge",
+                   "report_to", "run_name", "project", "report"}
 
 
 def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair], global_batch: int) -> dict[str, Any]:
