@@ -1,7 +1,8 @@
 """One exception tree for everything a user can cause.
 
-The CLI maps every ``TetherError`` to a one-line message and exit code 2; anything else is a
-bug in tether and keeps its traceback.
+The CLI maps every ``TetherError`` to a one-line message and exit code 2 (a run stopped by a
+signal: 128 + the signal's number, as a shell reports it); anything else is a bug in tether
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ __all__ = [
     "DataError",
     "JudgeError",
     "ModelError",
+    "Stopped",
     "TetherError",
     "TrainingError",
 ]
@@ -45,3 +47,12 @@ class JudgeError(TetherError):
 
 class TrainingError(TetherError):
     """Training cannot go on (e.g. the loss stayed non-finite for ``max_bad_steps`` steps)."""
+
+
+class Stopped(TrainingError):
+    """SIGTERM/SIGINT stopped a run before its end (after a checkpoint): not a success, so
+    ``tether train && tether eval`` must not go on. Exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

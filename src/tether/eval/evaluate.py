@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from tether.config import save_config
 from tether.data.records import PreferenceRecord, PromptRecord, load_preferences, load_prompts
 from tether.data.tokenization import TokenizedPair, prompt_ids, tokenize_records, use_chat
-from tether.errors import ConfigError, ModelError
+from tether.errors import ConfigError, JudgeError, ModelError
 from tether.eval.cache import JudgmentCache
 from tether.eval.config import EvalConfig
 from tether.eval.generate import (
@@ -273,6 +273,7 @@ def _win_rate(
         close = getattr(judge, "close", None)
         if callable(close):
             close()
+    _require_verdicts(judged)
     results = win_rate_results(
         judged, policy.generations, reference.generations,
         bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
@@ -284,6 +285,23 @@ def _win_rate(
     results["warnings"] = _warnings(results)
     lines = judgment_lines(judged, policy.generations, judge.identity, template_hash)
     return results, lines, judged
+
+
+def _require_verdicts(judged: Sequence[PairJudgment]) -> None:
+    """A judge that answered no call (server down, bad model name, nobody voted yet) leaves
+    only the identical pairs' ties, which read as a 50 % win-rate: refuse that number, and
+    keep the previous eval/ results as they are."""
+    calls = [c for j in judged for c in j.calls if c.source != "identical"]
+    if not calls or any(c.verdict.winner != "unparsed" for c in calls):
+        return
+    first = next((c.verdict.error or c.verdict.raw for c in calls
+                  if c.verdict.error or c.verdict.raw), "")
+    reason = f" (first: {first.splitlines()[0][:160]!r})" if first.strip() else ""
+    raise JudgeError(
+        f"no verdicts: none of the {len(calls)} judge calls gave one{reason}, so there is no "
+        "win-rate; eval/ results are unchanged. Fix the judge (judge=human: wait for votes) "
+        "and run again"
+    )
 
 
 def _judge(cfg: EvalConfig, judge: Any, prompts: Sequence[PromptRecord],

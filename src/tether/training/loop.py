@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tether.config import TrainConfig
 from tether.data.batching import micro_batches, step_batches
 from tether.data.tokenization import TokenizedPair
-from tether.errors import CheckpointError, TrainingError
+from tether.errors import CheckpointError, Stopped, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
 from tether.model.loading import (
     load_model,
@@ -93,18 +93,21 @@ class Setup:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory."""
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory.
+    A run that SIGTERM/SIGINT stopped early (after its checkpoint) raises ``Stopped``."""
     setup = _setup(cfg)
     with StopOnSignal() as stop:
         finished = _loop(setup, stop)
     if finished:
         _save(setup)
-    path, d = setup.run.path, setup.dist
+    path, d, step = setup.run.path, setup.dist, setup.state.step
     # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
     # group freed after destroy_process_group can wait forever on a rank that has already left.
     del setup
     gc.collect()
     close_distributed(d)  # torchrun: once every rank is done (not after an error)
+    if not finished:
+        raise stop.stopped(step)
     return path
 
 
@@ -192,10 +195,6 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 _checkpoint(s)
             if stopping:
                 bar.close()
-                log.warning(
-                    "stopped by %s at step %d; checkpoint written. Resume with the same "
-                    "command plus resume=true", stop.requested or "another rank", st.step,
-                )
                 return False
         st.epoch += 1
         st.step_in_epoch = 0
@@ -293,6 +292,14 @@ class StopOnSignal:
     def __init__(self) -> None:
         self.requested: str | None = None
         self._old: dict[int, Any] = {}
+
+    def stopped(self, step: int) -> Stopped:
+        """The error a stopped run ends with: exit code 128 + the signal (143 SIGTERM)."""
+        signum = signal.Signals[self.requested] if self.requested else signal.SIGTERM
+        return Stopped(
+            f"stopped by {self.requested or 'another rank'} at step {step}; checkpoint written. "
+            "Resume with the same command plus resume=true", signum,
+        )
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:

@@ -1,0 +1,83 @@
+"""A run directory stays trustworthy (issue 14): one writer at a time, an earlier run or the
+input model is never silently replaced, a non-finite model is never saved, the final save is
+one switch that a full disk or a kill cannot break, and a stopped run exits non-zero.
+
+Concurrency, signals and the full disk are real: separate ``python -m tether`` processes, real
+SIGTERM/SIGINT/SIGKILL, and a file-size limit (RLIMIT_FSIZE) that makes the kernel refuse the
+write."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_pairs, read_metrics, write_jsonl
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+ERROR = "tether train: error: "
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32))
+
+
+def _args(tmp: Path, model: Path, data: Path, *extra: str) -> list[str]:
+    return [f"model={model}", f"data={data}", f"output_dir={tmp / 'run'}", "batch_size=4",
+            "lr=1e-3", "max_steps=2", f"cache_dir={tmp / 'cache'}", "progress=false", *extra]
+
+
+def _spawn(args: list[str], **kw: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tether", "--quiet", "train", *args],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kw)  # type: ignore[call-overload]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def _error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines and lines[-1].startswith(ERROR) and "Traceback" not in err, err
+    return lines[-1][len(ERROR):]
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".tether.lock"}
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_run_checkpoints_and_exits_non_zero(tmp_path, llama_dir, data, sig, code):
+    proc = _spawn(_args(tmp_path, llama_dir, data, "max_steps=100000"))
+    run = tmp_path / "run"
+    _wait_for(run / "metrics.jsonl", proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code  # `tether train && tether eval` stops here
+    line = _error_line(err)
+    found = re.fullmatch(rf"stopped by {sig.name} at step (\d+); checkpoint written\. Resume "
+                         r"with the same command plus resume=true", line)
+    assert found, line
+    step = int(found.group(1))
+    assert (run / "checkpoints" / f"step-{step}" / "model.safetensors").is_file()
+    assert [r["step"] for r in read_metrics(run)][-1] == step
+    assert not (run / "model").exists()
+
+
