@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_pairs, read_metrics, write_jsonl
+from tether.cli import main
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
@@ -58,6 +59,24 @@ def _error_line(err: str) -> str:
 def _snapshot(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
             if p.is_file() and p.name != ".tether.lock"}
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+def test_second_run_into_a_busy_output_dir_is_refused(tmp_path, llama_dir, data, capsys):
+    first = _spawn(_args(tmp_path, llama_dir, data, "max_steps=100000"))
+    run = tmp_path / "run"
+    _wait_for(run / "metrics.jsonl", first)  # the first run (another process) is training
+    assert main(["train", *_args(tmp_path, llama_dir, data, "beta=0.5")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{ERROR}output_dir {run}: in use by another tether process (pid {first.pid}); wait "
+        "for the other run to end, or choose another output_dir")
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert "beta: 0.5" not in (run / "config.yaml").read_text()  # still the first run's
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == list(range(1, len(steps) + 1))  # every line of the first run, once
 
 
 # --------------------------------------------------------------------------- exit codes

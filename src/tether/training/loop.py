@@ -59,6 +59,7 @@ from tether.training.reference import (
     reference_kind,
 )
 from tether.training.run_dir import RunDir, open_run_dir
+from tether.training.run_guard import claim_run_dir
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
 
 __all__ = ["sft", "train"]
@@ -95,17 +96,18 @@ class Setup:
 def train(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; return the run directory.
     A run that SIGTERM/SIGINT stopped early (after its checkpoint) raises ``Stopped``."""
-    setup = _setup(cfg)
-    with StopOnSignal() as stop:
-        finished = _loop(setup, stop)
-    if finished:
-        _save(setup)
-    path, d, step = setup.run.path, setup.dist, setup.state.step
-    # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
-    # group freed after destroy_process_group can wait forever on a rank that has already left.
-    del setup
-    gc.collect()
-    close_distributed(d)  # torchrun: once every rank is done (not after an error)
+    with claim_run_dir(cfg):  # one writer; never replaces an earlier run or the input model
+        setup = _setup(cfg)
+        with StopOnSignal() as stop:
+            finished = _loop(setup, stop)
+        if finished:
+            _save(setup)
+        path, d, step = setup.run.path, setup.dist, setup.state.step
+        # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a
+        # gloo group freed after destroy_process_group can wait forever on a rank that left.
+        del setup
+        gc.collect()
+        close_distributed(d)  # torchrun: once every rank is done (not after an error)
     if not finished:
         raise stop.stopped(step)
     return path
