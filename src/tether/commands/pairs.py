@@ -13,9 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tether import pairs
+    from tether.workflows.pairs import run as make_pairs  # tether.pairs is this function
 
     cfg = config_from_args(args, PairsConfig)
-    stats = pairs.run(cfg)
+    stats = make_pairs(cfg)
     print(f"{stats['written']} pairs written to {cfg.output}  ({stats})")
     return 0
