@@ -1,5 +1,6 @@
 """Exit codes a script can trust (issue 14): an evaluation without a single verdict fails,
-``--debug`` keeps code 2, ``--quiet`` works after the subcommand and ``tether --version``."""
+``--debug`` keeps code 2, ``--quiet`` works after the subcommand, ``tether --version``, and
+``tether pairs`` never writes over its own input."""
 
 from __future__ import annotations
 
@@ -80,3 +81,15 @@ def test_eval_without_a_single_verdict_fails_and_keeps_the_results(
     assert "win-rate" not in out
     assert results.read_bytes() == before  # the earlier results are not replaced
 
+
+def test_pairs_refuses_to_write_over_its_input(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4))
+    before = data.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(data)
+    for output in (data, link):
+        assert main(["pairs", f"data={data}", f"output={output}"]) == 2
+        line = capsys.readouterr().err.strip()
+        assert f"output: {output} is the input data file" in line and "\n" not in line
+    assert data.read_bytes() == before
+    assert main(["pairs", f"data={data}", f"output={tmp_path / 'out.jsonl'}"]) == 0

@@ -100,3 +100,52 @@ def test_a_stopped_run_checkpoints_and_exits_non_zero(tmp_path, llama_dir, data,
     assert not (run / "model").exists()
 
 
+# --------------------------------------------------------------------------- no silent replacement
+
+
+def test_rerun_is_refused_keeping_the_run_and_overwrite_starts_over(
+    tmp_path, llama_dir, data, capsys
+):
+    args = _args(tmp_path, llama_dir, data, "save_every=1")
+    run = tmp_path / "run"
+    assert main(["train", *args]) == 0
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(["train", *args, "beta=0.5"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{ERROR}output_dir: {run} already holds a run (metrics.jsonl, model, checkpoints); "
+        "resume=true continues it, overwrite=true replaces it, or choose another output_dir")
+    assert _snapshot(run) == before  # config, metrics, model, checkpoints untouched
+    # resume=auto continues the run it finds (max_steps may grow)
+    assert main(["train", *args, "resume=auto", "max_steps=3"]) == 0
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    # overwrite=true: the earlier run's files go first, the old checkpoints with them
+    assert main(["train", *args, "overwrite=true", "save_every=0", "beta=0.5"]) == 0
+    assert not (run / "checkpoints").exists()
+    assert "beta: 0.5" in (run / "config.yaml").read_text()
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_a_run_that_failed_in_its_setup_may_be_retried(tmp_path, llama_dir, data):
+    run = tmp_path / "run"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "chosen": \n', encoding="utf-8")
+    assert main(["train", *_args(tmp_path, llama_dir, bad)]) == 2
+    assert (run / "config.yaml").exists() and not (run / "metrics.jsonl").exists()
+    assert main(["train", *_args(tmp_path, llama_dir, data)]) == 0
+
+
+def test_training_in_place_is_refused_even_with_overwrite(tmp_path, llama_dir, data, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_args(tmp_path, llama_dir, data)]) == 0
+    before = _snapshot(run)
+    for extra in ([], ["overwrite=true"], ["resume=auto"]):
+        capsys.readouterr()
+        code = main(["train", *_args(tmp_path, run / "model", data, *extra)])
+        assert code == 2
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.startswith(f"{ERROR}model: {run / 'model'} is inside output_dir {run}"), line
+        assert "starting weights would be lost" in line
+        assert _snapshot(run) == before
+
+

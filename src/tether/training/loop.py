@@ -394,7 +394,7 @@ def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Di
 # length, so only an unchanged length reproduces the uninterrupted run bit for bit).
 _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "progress", "log_every",
                    "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
-                   "eval_data", "max_steps", "epochs",
+                   "eval_data", "max_steps", "epochs", "overwrite",
                    # scale: the global batch (rows per step) must match, not how it is split
                    # over ranks and micro-batches, so a run may resume at another world size
                    "batch_size", "grad_accum", "distributed", "merge"}

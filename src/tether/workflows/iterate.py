@@ -88,8 +88,9 @@ def iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
             "output": str(here / "pairs.jsonl"),
         }, where="iterate"))
         fixed = cfg.reference_mode == "fixed" and current != start
+        # overwrite: round-N/ is iterate's own; a re-run redoes the round (new pairs above)
         run = train(build_config(TrainConfig, {
-            "seed": cfg.seed, **common, **cfg.train, "model": current,
+            "seed": cfg.seed, "overwrite": True, **common, **cfg.train, "model": current,
             "data": str(here / "pairs.jsonl"), "output_dir": str(here),
             "cache_dir": cfg.cache_dir, **({"reference_model": start} if fixed else {}),
         }, where="iterate: train."))
