@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from conftest import make_pairs, read_metrics, write_jsonl
 from tether.cli import main
@@ -147,5 +149,27 @@ def test_training_in_place_is_refused_even_with_overwrite(tmp_path, llama_dir, d
         assert line.startswith(f"{ERROR}model: {run / 'model'} is inside output_dir {run}"), line
         assert "starting weights would be lost" in line
         assert _snapshot(run) == before
+
+
+# --------------------------------------------------------------------------- non-finite weights
+
+
+def test_lr_inf_saves_no_model(tmp_path, llama_dir, data):
+    # lr=inf may also be refused by a range check; either way no model/ and exit code 2
+    assert main(["train", *_args(tmp_path, llama_dir, data, "lr=inf")]) == 2
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, llama_dir, data, capsys):
+    start = tmp_path / "nan-model"
+    shutil.copytree(llama_dir, start)
+    weights = load_file(str(start / "model.safetensors"))
+    weights["model.norm.weight"][0] = float("nan")
+    save_file(weights, str(start / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["train", *_args(tmp_path, start, data, "max_steps=1")]) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"{ERROR}training ended with non-finite weights"), line
+    assert "model/ was not written" in line
+    assert not (tmp_path / "run" / "model").exists()
 
 

@@ -59,7 +59,7 @@ from tether.training.reference import (
     reference_kind,
 )
 from tether.training.run_dir import RunDir, open_run_dir
-from tether.training.run_guard import claim_run_dir
+from tether.training.run_guard import claim_run_dir, require_finite
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
 
 __all__ = ["sft", "train"]
@@ -115,6 +115,7 @@ def train(cfg: TrainConfig) -> Path:
 
 def _save(s: Setup) -> None:
     """``model/`` on rank 0: the full model, or the LoRA adapter (+ merged with merge=true)."""
+    require_finite(s.policy, s.dist)  # inf/NaN weights (e.g. lr=inf) are never saved
     state = full_state_dict(s.policy, s.dist)  # FSDP gathers to rank 0's CPU; else None
     if not s.dist.main:
         return

@@ -1,5 +1,5 @@
 """What keeps a run directory trustworthy: one writer, no run silently replaced, the input
-model never overwritten.
+model never overwritten, and no non-finite model saved.
 
 ``claim_run_dir(cfg)`` is held around the whole of ``train``. It refuses an ``output_dir``
 whose ``model/`` (or other run file) is an input of this run (``model``, ``tokenizer``,
@@ -10,6 +10,9 @@ torchrun) it then
 - takes the directory's lock (``tether.locking``), so a second run into it is refused;
 - refuses a directory that holds an earlier run's results unless this run resumes one of its
   checkpoints (``resume=true``/``auto``) or ``overwrite=true``, which removes them first.
+
+``require_finite(model, dist)`` is the last check before ``model/`` is written: a run whose
+weights became inf/NaN (e.g. ``lr=inf``) fails instead of saving them.
 """
 
 from __future__ import annotations
@@ -22,14 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tether.errors import ConfigError
+import torch
+from torch.distributed.tensor import DTensor
+
+from tether.errors import ConfigError, TrainingError
 from tether.locking import LOCK_NAME, exclusive_lock
 from tether.training.checkpoint import latest_checkpoint
 
 if TYPE_CHECKING:
     from tether.config import TrainConfig
+    from tether.training.distributed import Dist
 
-__all__ = ["RUN_FILES", "claim_run_dir"]
+__all__ = ["RUN_FILES", "claim_run_dir", "require_finite"]
 
 log = logging.getLogger("tether")
 
@@ -102,3 +109,14 @@ def _refuse_replacing(cfg: TrainConfig, out: Path) -> None:
         "overwrite=true replaces it, or choose another output_dir"
     )
 
+
+def require_finite(model: torch.nn.Module, dist: Dist) -> None:
+    """Raise a TrainingError, on every rank, when a weight of ``model`` is inf or NaN."""
+    bad = [name for name, p in model.named_parameters()
+           if not bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all())]
+    if dist.any(bad):
+        where = f" ({len(bad)} tensors, e.g. {bad[0]})" if bad else ""
+        raise TrainingError(
+            f"training ended with non-finite weights{where}, so model/ was not written; lower "
+            "lr (or beta), check the data, or set max_bad_steps lower to stop sooner"
+        )
