@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tether.errors import ConfigError
+from tether.io import recover_dir
 
-__all__ = ["LOCK_NAME", "exclusive_lock"]
+__all__ = ["LOCK_NAME", "exclusive_lock", "recover_when_idle"]
 
 LOCK_NAME = ".tether.lock"  # inside a run directory
 
@@ -45,3 +46,15 @@ def exclusive_lock(path: Path, what: str, fix: str) -> Iterator[None]:
         os.close(fd)  # closing the only descriptor releases the lock
 
 
+
+def recover_when_idle(model_dir: Path) -> None:
+    """For a reader (``tether eval``): finish a ``model/`` switch that a kill interrupted
+    (``tether.io.recover_dir``), unless a run holds the directory's lock: it may be saving
+    right now. A read-only directory is left as it is."""
+    if model_dir.exists() or not model_dir.with_name(model_dir.name + ".old").is_dir():
+        return
+    try:
+        with exclusive_lock(model_dir.parent / LOCK_NAME, str(model_dir.parent), ""):
+            recover_dir(model_dir)
+    except (ConfigError, OSError):
+        pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -173,3 +174,65 @@ def test_non_finite_weights_are_never_saved(tmp_path, llama_dir, data, capsys):
     assert not (tmp_path / "run" / "model").exists()
 
 
+# --------------------------------------------------------------------------- the final save
+
+
+def _file_size_limit() -> None:
+    """In the child: writes past 100 kB fail with EFBIG, like a full disk (the model is 200 kB)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+def test_a_failed_final_save_keeps_the_model_and_leaves_no_temporary_copy(
+    tmp_path, llama_dir, data
+):
+    run = tmp_path / "run"
+    assert main(["train", *_args(tmp_path, llama_dir, data, "save_every=2")]) == 0
+    model = (run / "model" / "model.safetensors").read_bytes()
+    proc = _spawn(_args(tmp_path, llama_dir, data, "resume=true", "max_steps=4"),
+                  preexec_fn=_file_size_limit)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err
+    assert (run / "model" / "model.safetensors").read_bytes() == model
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("model")) == ["model"]
+
+
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from tether.model.loading import load_model, load_tokenizer, save_model
+
+out = Path(sys.argv[1])
+model, tokenizer = load_model(str(out)), load_tokenizer(str(out))
+with torch.no_grad():
+    next(model.parameters()).add_(1.0)  # the new model differs from the saved one
+rename = os.rename
+
+def kill_before_switching_in(src, dst):
+    if Path(dst) == out:  # model.tmp -> model: the old model is already moved aside
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst)
+
+os.rename = kill_before_switching_in
+save_model(model, tokenizer, out)
+"""
+
+
+def test_a_save_killed_between_its_renames_is_finished_by_the_next_reader(
+    tmp_path, llama_dir, data
+):
+    run = tmp_path / "run"
+    assert main(["train", *_args(tmp_path, llama_dir, data)]) == 0
+    proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(run / "model")],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (run / "model").exists()  # the state a kill leaves: no model/ at all
+    new = (run / "model.tmp" / "model.safetensors").read_bytes()
+    assert (run / "model.old").is_dir()
+    code = main(["eval", f"model={run}", f"data={data}", "judge=rule",
+                 "judge_rule=tether.eval.rules:shorter", "max_new_tokens=2", "max_prompts=1",
+                 "progress=false", f"cache_dir={tmp_path / 'cache'}", "implicit_reward=off"])
+    assert code == 0
+    assert (run / "model" / "model.safetensors").read_bytes() == new
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("model")) == ["model"]

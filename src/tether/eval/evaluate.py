@@ -44,6 +44,7 @@ from tether.eval.judging import Pair, PairJudgment, judge_pairs, prompt_text
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
 from tether.io import write_json, write_text
+from tether.locking import recover_when_idle
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
 __all__ = ["evaluate"]
@@ -73,6 +74,8 @@ def _read_run_config(run: Path) -> dict[str, Any]:
 def _resolve_paths(cfg: EvalConfig) -> _Paths:
     """A run directory means run/model; the reference defaults to the run's starting model."""
     given = Path(cfg.model).expanduser()
+    for model_dir in (given / "model", given):  # a save killed half-way: finish it first
+        recover_when_idle(model_dir)
     run: Path | None = None
     model = cfg.model
     if (given / "model" / "config.json").is_file():

@@ -8,6 +8,8 @@ would compare the model with itself. On the process that writes the directory (r
 torchrun) it then
 
 - takes the directory's lock (``tether.locking``), so a second run into it is refused;
+- finishes a ``model/`` switch that a kill interrupted (``tether.io.recover_dir``) and removes
+  the temporary files killed writes left;
 - refuses a directory that holds an earlier run's results unless this run resumes one of its
   checkpoints (``resume=true``/``auto``) or ``overwrite=true``, which removes them first.
 
@@ -29,6 +31,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from tether.errors import ConfigError, TrainingError
+from tether.io import recover_dir
 from tether.locking import LOCK_NAME, exclusive_lock
 from tether.training.checkpoint import latest_checkpoint
 
@@ -59,6 +62,7 @@ def claim_run_dir(cfg: TrainConfig) -> Iterator[None]:
         return
     with exclusive_lock(out / LOCK_NAME, f"output_dir {cfg.output_dir}",
                         "wait for the other run to end, or choose another output_dir"):
+        _clean_leftovers(out)
         _refuse_replacing(cfg, out)
         yield
 
@@ -80,6 +84,16 @@ def _refuse_in_place(cfg: TrainConfig, out: Path) -> None:
                 "the model with itself; choose another output_dir (overwrite=true does not "
                 "change this)"
             )
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Under the lock nobody else writes here: what a killed write left is stale."""
+    if recover_dir(out / "model"):
+        log.warning("%s: restored model/ from a save that was killed half-way", out)
+    for stale in out.glob("checkpoints/.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.glob(".*.tmp[0-9]*"):  # tether.io.atomic_write's temporary files
+        stale.unlink(missing_ok=True)
 
 
 def _has(path: Path) -> bool:
