@@ -2,7 +2,8 @@
 
 Each subcommand is the module ``tether.commands.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int``, listed in ``COMMANDS``. A ``TetherError`` becomes one line on stderr and
-exit code 2 (``--debug`` shows the traceback); anything else is a bug and keeps its traceback.
+exit code 2 (``--debug`` adds the traceback, the code stays); anything else is a bug and keeps
+its traceback. ``--debug`` and ``--quiet`` go before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
+from tether import __version__
 from tether.errors import TetherError
 
 __all__ = ["COMMANDS", "main"]
@@ -40,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tether",
         description="Align a language model with human preferences (DPO and its family).",
     )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -48,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
             name, help=help_text, description=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        # SUPPRESS: given before the subcommand, the flag is not reset by the subparser
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks of errors")
+        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors")
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     return parser
@@ -69,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except TetherError as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback as well, but the same exit code: scripts test it
+            traceback.print_exc()
         print(f"tether {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -198,6 +198,10 @@ class TrainConfig(Checked, LossConfig):
     max_bad_steps: int = opt(
         5, "abort after this many non-finite losses/gradients in a row (each is skipped)", ge=1
     )
+    overwrite: bool = opt(
+        False, "replace an earlier run in output_dir (its files are removed first; "
+        "never the input model)"
+    )
 
     # --- scale: LoRA/QLoRA through PEFT, torchrun DDP/FSDP2 (model/lora, training/distributed)
     lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights")

@@ -1,7 +1,8 @@
 """One exception tree for everything a user can cause.
 
-The CLI maps every ``TetherError`` to a one-line message and exit code 2; anything else is a
-bug in tether and keeps its traceback.
+The CLI maps every ``TetherError`` to a one-line message and exit code 2 (a run stopped by a
+signal: 128 + the signal's number, as a shell reports it); anything else is a bug in tether
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ __all__ = [
     "JudgeError",
     "ModelError",
     "OutputError",
+    "Stopped",
     "TetherError",
     "TrainingError",
 ]
@@ -56,3 +58,12 @@ class OutputError(TetherError, OSError):
 
     def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
         return str(self.args[0]) if self.args else ""
+
+
+class Stopped(TrainingError):
+    """SIGTERM/SIGINT stopped a run before its end (after a checkpoint): not a success, so
+    ``tether train && tether eval`` must not go on. Exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -7,6 +7,11 @@ file or the new one, never half of one, and no temporary file behind. Every writ
 caches and results goes through it, and a write the system refuses (read-only location, full
 disk) becomes a one-line ``OutputError`` naming the file. ``make_dir`` creates an output
 directory and checks it can be written before any work is done.
+
+``replace_dir`` does the same for a directory (a saved model). Two directories cannot be
+swapped in one rename, so it leaves a trail that ``recover_dir`` can follow after a kill:
+``X.old`` exists only once ``X.tmp`` is complete, so "no ``X``, but ``X.old``" means finish
+the switch, and a ``X.tmp`` without ``X.old`` is a half-built copy to throw away.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE", "atomic_write", "cache_root", "check_writable", "file_sha256", "fsync_dir",
-    "is_hub_id", "make_dir", "output_error", "tensors_sha256", "write_json", "write_text",
+    "is_hub_id", "make_dir", "output_error", "recover_dir", "replace_dir", "tensors_sha256",
+    "write_json", "write_text",
 ]
 # A Hub repo id: "name" or "org/name" of letters, digits, "-", "_" and "." (dots are common:
 # Qwen/Qwen2.5-0.5B-Instruct), without ".." or "--" (the Hub's own rule).
@@ -172,6 +179,63 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _beside(out: Path) -> tuple[Path, Path]:
+    return out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):  # files before their directories
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            fsync_dir(path)
+    fsync_dir(root)
+
+
+def replace_dir(out: Path, build: Callable[[Path], None]) -> None:
+    """Replace the directory ``out`` by what ``build(tmp)`` writes into a fresh ``tmp``.
+
+    A failure while building (e.g. a full disk) removes the copy and leaves ``out`` as it was;
+    a kill at any point leaves something ``recover_dir`` turns back into a whole ``out``.
+    """
+    recover_dir(out)
+    tmp, old = _beside(out)
+    try:
+        build(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # From here on X.old marks X.tmp as complete (an empty X.old when there was no X yet).
+    if out.exists():
+        os.rename(out, old)
+    else:
+        old.mkdir()
+    fsync_dir(out.parent)
+    os.rename(tmp, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(out: Path) -> bool:
+    """Finish or undo a ``replace_dir`` that was killed; remove its leftovers. Returns whether
+    ``out`` had to be restored."""
+    tmp, old = _beside(out)
+    restored = False
+    if not out.exists() and old.is_dir():
+        if tmp.is_dir():
+            os.rename(tmp, out)  # complete: the kill came between the two renames
+            restored = True
+        elif any(old.iterdir()):
+            os.rename(old, out)  # the new copy is gone: the old one is better than none
+            restored = True
+        fsync_dir(out.parent)
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    return restored
 
 
 def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:

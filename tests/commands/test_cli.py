@@ -128,7 +128,9 @@ def test_real_process_exit_code_and_single_stderr_line(tmp_path, llama_dir):
         args, _ = cases[case]
         # --quiet: the info lines that precede an error (data summary, truncation audit) are
         # not the error; without them stderr must be exactly the error.
-        cmd = [sys.executable, "-m", "tether", "--quiet", "train", *args, *quiet(tmp_path)]
+        # each its own output_dir: two runs into one directory are refused (one writer)
+        cmd = [sys.executable, "-m", "tether", "--quiet", "train", *args, *quiet(tmp_path),
+               f"output_dir={tmp_path / case.replace(' ', '-')}"]
         procs[case] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True, env=env, cwd=tmp_path)
     for case, proc in procs.items():

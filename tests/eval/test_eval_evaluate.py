@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from tether.commands import eval as eval_cli
 from tether.config import build_config
-from tether.errors import ConfigError
+from tether.errors import ConfigError, JudgeError
 from tether.eval.config import EvalConfig
 from tether.eval.evaluate import evaluate
 from tether.model.tiny import tiny_llama
@@ -158,8 +159,9 @@ def test_setup_errors(setup, tmp_path):
 
 
 def test_human_judge_end_to_end_unvoted_then_voted(setup, tmp_path):
-    """judge=human: pairs land in the labeling database; unvoted pairs are unparsed (never a
-    loss); once people vote, a re-run counts their votes (nothing stale from the cache)."""
+    """judge=human: pairs land in the labeling database; before any vote there is no verdict
+    and so no win-rate; once people vote, a re-run counts their votes (nothing stale from the
+    cache)."""
     from tether.ui.store import LabelStore
 
     run, _, data = setup
@@ -167,11 +169,16 @@ def test_human_judge_end_to_end_unvoted_then_voted(setup, tmp_path):
     cfg = _cfg(model=str(run), data=str(data), judge="human", judge_db=str(db),
                output_dir=str(tmp_path / "h"), cache_dir=str(tmp_path / "c"),
                implicit_reward="off")
-    first = evaluate(cfg)
-    decisive = first["pairs"] - first["ties"]  # identical answers are ties without a person
-    assert first["unparsed"] == decisive and first["losses"] == 0 and first["wins"] == 0
-    policy = {json.loads(x)["prompt"]: json.loads(x)["policy_answer"]
-              for x in (tmp_path / "h" / "eval" / "judgments.jsonl").read_text().splitlines()}
+    # Nobody has voted: no verdicts, so no win-rate (an error, never a 50 % from the ties)
+    with pytest.raises(JudgeError, match=r"no verdicts: none of the .* 'no human vote yet'"):
+        evaluate(cfg)
+    assert not (tmp_path / "h" / "eval" / "results.json").exists()
+    # the same (cached) answers under a rule judge say which answer is the policy's
+    evaluate(dataclasses.replace(cfg, judge="rule"))
+    lines = [json.loads(x)
+             for x in (tmp_path / "h" / "eval" / "judgments.jsonl").read_text().splitlines()]
+    policy = {x["prompt"]: x["policy_answer"] for x in lines}
+    decisive = sum(x["policy_answer"] != x["reference_answer"] for x in lines)
     store = LabelStore(db)
     _, who = store.login("ann")
     while (shown := store.current(who)) is not None:  # ann always prefers the trained model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tether.errors import ConfigError, DataError, TetherError
 from tether.io import check_writable
+from tether.locking import exclusive_lock
 from tether.ui.export import export_preferences, summary, write_json
 from tether.ui.inputs import read_items
 from tether.ui.server import serve
@@ -89,6 +90,18 @@ def _print_summary(data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serving or adding items writes the database: one writer per --db at a time, like one
+    run per output_dir; a second is refused in one line rather than serving the same items
+    from two places. Export and summary only read: they run beside the server."""
+    if _report_only(args) and args.items is None and args.judgments is None:
+        return _run(args)
+    lock = args.db.with_name(args.db.name + ".lock")
+    with exclusive_lock(lock, f"--db {args.db}",
+                        "stop the other tether label on it first, or use another --db"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if _report_only(args) and args.items is None and not args.db.exists():
         raise ConfigError(f"--db {args.db}: no such database; give the --db you labeled with")
     if args.db.parent.is_dir():  # the store writes even to export (WAL, settings)

@@ -208,8 +208,9 @@ def build_base(out: Path, sft_path: Path, size: DemoSize, seed: int) -> Path:
 def _train_config(**values: Any) -> Any:
     from tether.config import TrainConfig
 
+    # overwrite: the demo owns its run directories; a second demo into one output_dir redoes them
     common = {"scheduler": "cosine", "group_by_length": True, "max_length": 160,
-              "log_every": 5, "eval_batch_size": 64}
+              "log_every": 5, "eval_batch_size": 64, "overwrite": True}
     return build_config(TrainConfig, {**common, **values}, where="demo")
 
 

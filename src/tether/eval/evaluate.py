@@ -34,7 +34,7 @@ from tether.data.tokenization import (
     tokenize_records,
     use_chat,
 )
-from tether.errors import ConfigError, ModelError
+from tether.errors import ConfigError, JudgeError, ModelError
 from tether.eval.cache import JudgmentCache
 from tether.eval.config import EvalConfig
 from tether.eval.generate import (
@@ -52,6 +52,7 @@ from tether.eval.redact import redact_url
 from tether.eval.report import summary_lines, write_plots, write_report
 from tether.eval.summary import clean, judgment_lines, win_rate_results
 from tether.io import cache_root, make_dir, write_json, write_text
+from tether.locking import recover_when_idle
 from tether.model.card import write_eval_section
 from tether.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 from tether.tracking import report_eval
@@ -85,6 +86,8 @@ def _resolve_paths(cfg: EvalConfig) -> _Paths:
     A checkpoint of a run (run/checkpoints/step-N) is a model too; its eval goes to
     run/eval/step-N."""
     given = Path(cfg.model).expanduser()
+    for model_dir in (given / "model", given):  # a save killed half-way: finish it first
+        recover_when_idle(model_dir)
     run: Path | None = None
     model, sub = cfg.model, ""
     if (given / "model" / "config.json").is_file():
@@ -312,6 +315,7 @@ def _win_rate(
         close = getattr(judge, "close", None)
         if callable(close):
             close()
+    _require_verdicts(judged)
     results = win_rate_results(
         judged, policy.generations, reference.generations,
         bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed,
@@ -344,6 +348,23 @@ def _lost_capabilities(judge: Any, judged: Sequence[PairJudgment]) -> dict[str, 
         if policy_score is not None and policy_score < 0.5:
             lost.append({"prompt": p.prompt, "policy": p.policy, "reference": p.reference})
     return {"reference_correct": right, "lost": len(lost), "examples": lost[:20]}
+
+
+def _require_verdicts(judged: Sequence[PairJudgment]) -> None:
+    """A judge that answered no call (server down, bad model name, nobody voted yet) leaves
+    only the identical pairs' ties, which read as a 50 % win-rate: refuse that number, and
+    keep the previous eval/ results as they are."""
+    calls = [c for j in judged for c in j.calls if c.source != "identical"]
+    if not calls or any(c.verdict.winner != "unparsed" for c in calls):
+        return
+    first = next((c.verdict.error or c.verdict.raw for c in calls
+                  if c.verdict.error or c.verdict.raw), "")
+    reason = f" (first: {first.splitlines()[0][:160]!r})" if first.strip() else ""
+    raise JudgeError(
+        f"no verdicts: none of the {len(calls)} judge calls gave one{reason}, so there is no "
+        "win-rate; eval/ results are unchanged. Fix the judge (judge=human: wait for votes) "
+        "and run again"
+    )
 
 
 def _judge(cfg: EvalConfig, judge: Any, prompts: Sequence[PromptRecord],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelError
-from tether.io import is_hub_id
+from tether.io import is_hub_id, replace_dir
 
 __all__ = [
     "context_window", "load_model", "load_tokenizer", "resolve_device", "resolve_dtype",
@@ -191,15 +189,13 @@ def save_model(
     """``save_pretrained`` (safetensors) plus the tokenizer: loadable without tether.
     ``state_dict``: the gathered weights of an FSDP-sharded model (``tether.training.distributed``).
 
-    Written beside ``out`` and renamed into place, so a crash never leaves a half model there.
+    Built beside ``out`` and switched in by ``tether.io.replace_dir``: a crash or a full disk
+    never leaves a half model there, nor a temporary copy behind.
     """
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    restore_dropout(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        restore_dropout(model, tmp)  # the model's own dropout values, not training's zeros
+        tokenizer.save_pretrained(tmp)
+
+    replace_dir(out, build)

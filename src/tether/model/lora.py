@@ -29,8 +29,6 @@ its stored precision, never from the 4-bit copy.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +39,7 @@ import torch
 from torch import nn
 
 from tether.errors import ConfigError, ModelError
+from tether.io import replace_dir
 from tether.model.loading import load_model, restore_dropout
 
 if TYPE_CHECKING:
@@ -180,20 +179,17 @@ def save_lora(
     """Write the trained adapter (PEFT format) to ``out`` and, with ``merge=true``, the merged
     full model to ``out/merged``. ``state_dict``: the gathered weights of an FSDP-sharded model.
 
-    Built beside ``out`` and renamed into place, like ``modeling.save_model``.
+    Built beside ``out`` and switched in by ``tether.io.replace_dir``, like ``save_model``.
     """
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=[TRAINED_ADAPTER], state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    if cfg.merge:
-        merge_adapter(cfg, tmp, tmp / "merged", model.get_base_model().dtype)
-        tokenizer.save_pretrained(tmp / "merged")
-    if out.exists():
-        os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp, selected_adapters=[TRAINED_ADAPTER], state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        if cfg.merge:
+            merge_adapter(cfg, tmp, tmp / "merged", model.get_base_model().dtype)
+            tokenizer.save_pretrained(tmp / "merged")
+
+    replace_dir(out, build)
 
 
 def merge_adapter(cfg: TrainConfig, adapter: Path, out: Path, dtype: torch.dtype) -> None:

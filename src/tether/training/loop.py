@@ -31,7 +31,7 @@ from tether.config import TrainConfig, absolute_paths
 from tether.data.batching import micro_batches, step_batches
 from tether.data.memory import registered
 from tether.data.tokenization import TokenizedPair, beyond_context
-from tether.errors import CheckpointError, TrainingError
+from tether.errors import CheckpointError, Stopped, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
 from tether.model.export import write_model_files
 from tether.model.flex import choose_attention
@@ -76,6 +76,7 @@ from tether.training.reference import (
     synced_reference,
 )
 from tether.training.run_dir import RunDir, open_run_dir
+from tether.training.run_guard import claim_run_dir, require_finite
 from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
 from tether.trl_names import warmup_from_ratio
 
@@ -126,27 +127,31 @@ def train(
 
     ``config``: a ``TrainConfig`` or a dict of its keys (TRL's names too); objects may stand in
     for paths, as with TRL (``tether.training.objects``); ``callbacks``: see
-    ``tether.training.callbacks``."""
+    ``tether.training.callbacks``. A run that SIGTERM/SIGINT stopped early (after its
+    checkpoint) raises ``Stopped``."""
     cfg, objects = prepare(config, model=model, ref_model=ref_model, tokenizer=tokenizer,
                            train_dataset=train_dataset, eval_dataset=eval_dataset,
                            peft_config=peft_config)
-    with registered(objects.datasets):
-        setup = _setup(cfg, objects)
-    setup.callbacks = Callbacks(callbacks)
-    start = setup.state.step, setup.state.tokens
-    with StopOnSignal() as stop:
-        finished = _loop(setup, stop)
-    if finished:
-        _save(setup)
-        setup.callbacks.save(setup.state.step, setup.run.model_dir)
-    finish_run(setup, finished, start)  # run.json's summary, the model card, push_to_hub
-    setup.track.finish()  # summary to the trackers, report.md (also after a stop signal)
-    path, d = setup.run.path, setup.dist
-    # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a gloo
-    # group freed after destroy_process_group can wait forever on a rank that has already left.
-    del setup
-    gc.collect()
-    close_distributed(d)  # torchrun: once every rank is done (not after an error)
+    with claim_run_dir(cfg):  # one writer; never replaces an earlier run or the input model
+        with registered(objects.datasets):
+            setup = _setup(cfg, objects)
+        setup.callbacks = Callbacks(callbacks)
+        start = setup.state.step, setup.state.tokens
+        with StopOnSignal() as stop:
+            finished = _loop(setup, stop)
+        if finished:
+            _save(setup)
+            setup.callbacks.save(setup.state.step, setup.run.model_dir)
+        finish_run(setup, finished, start)  # run.json's summary, the model card, push_to_hub
+        setup.track.finish()  # summary to the trackers, report.md (also after a stop signal)
+        path, d, step = setup.run.path, setup.dist, setup.state.step
+        # The modules that hold the process group (DDP's reducer, FSDP's mesh) go first: a
+        # gloo group freed after destroy_process_group can wait forever on a rank that left.
+        del setup
+        gc.collect()
+        close_distributed(d)  # torchrun: once every rank is done (not after an error)
+    if not finished:
+        raise stop.stopped(step)
     return path
 
 
@@ -154,6 +159,7 @@ def _save(s: Setup) -> None:
     """``model/`` on rank 0: the full model, or the LoRA adapter (+ merged with merge=true)."""
     if s.best is not None:
         restore_best(s.policy, s.best)  # keep_best: model/ is the best checkpoint's weights
+    require_finite(s.policy, s.dist)  # inf/NaN weights (e.g. lr=inf) are never saved
     state = full_state_dict(s.policy, s.dist)  # FSDP gathers to rank 0's CPU; else None
     if not s.dist.main:
         return
@@ -253,10 +259,6 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                 _checkpoint(s)
             if stopping:
                 bar.close()
-                log.warning(
-                    "stopped by %s at step %d; checkpoint written. Resume with the same "
-                    "command plus resume=true", stop.requested or "another rank", st.step,
-                )
                 return False
         st.epoch += 1
         st.step_in_epoch = 0
@@ -394,6 +396,14 @@ class StopOnSignal:
         self.requested: str | None = None
         self._old: dict[int, Any] = {}
 
+    def stopped(self, step: int) -> Stopped:
+        """The error a stopped run ends with: exit code 128 + the signal (143 SIGTERM)."""
+        signum = signal.Signals[self.requested] if self.requested else signal.SIGTERM
+        return Stopped(
+            f"stopped by {self.requested or 'another rank'} at step {step}; checkpoint written. "
+            "Resume with the same command plus resume=true", signum,
+        )
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -506,7 +516,7 @@ def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Di
 _RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "save_total_limit", "keep_best",
                    "push_to_hub", "progress", "log_every",
                    "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
-                   "eval_data", "max_steps", "epochs",
+                   "eval_data", "max_steps", "epochs", "overwrite",
                    # scale: the global batch (rows per step) must match, not how it is split
                    # over ranks and micro-batches, so a run may resume at another world size
                    "batch_size", "grad_accum", "distributed", "merge",

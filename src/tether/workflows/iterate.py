@@ -129,8 +129,9 @@ def _train_config(cfg: IterateConfig, current: str, here: Path, fixed: bool) -> 
     from tether.config import TrainConfig
 
     return build_config(TrainConfig, {
-        "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress, **cfg.train,
-        "model": current, "data": str(here / "pairs.jsonl"), "output_dir": str(here),
+        # overwrite: round-N/ is iterate's own; a re-run redoes the round (new pairs above)
+        "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress, "overwrite": True,
+        **cfg.train, "model": current, "data": str(here / "pairs.jsonl"), "output_dir": str(here),
         "cache_dir": cfg.cache_dir, **({"reference_model": cfg.model} if fixed else {}),
     }, where="iterate: train.")
 

@@ -76,6 +76,9 @@ class PairsConfig(Checked, JudgeConfig):
             out.append("data: required")
         if not self.output.endswith(".jsonl"):
             out.append(f"output: expected a .jsonl path, got {self.output!r}")
+        if self.data and _same_file(self.data, self.output):
+            out.append(f"output: {self.output} is the input data file; writing it would "
+                       "replace the rows being read; choose another output")
         if self.mode == "sample":
             if not self.model:
                 out.append("model: required for mode=sample (the model that answers)")
@@ -87,6 +90,14 @@ class PairsConfig(Checked, JudgeConfig):
             out.append("judge: mode=rewrite needs judge=openai with judge_url and judge_model "
                        "(the model that rewrites)")
         return out  # the numeric keys' ranges are declared on their fields
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (through links and relative paths)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.samefile(pb)
+    return pa.resolve() == pb.resolve()
 
 
 def _key(row: dict[str, Any]) -> str:
