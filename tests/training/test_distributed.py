@@ -320,3 +320,18 @@ def test_fsdp_resumes_a_single_process_checkpoint(root, llama_dir, single, lora_
     for weights in ("model/adapter_model.safetensors", "model/merged/model.safetensors"):
         # the bounds of test_lora_two_ranks_equal_one_process, for the reason given there
         _assert_same_run(lora_single, run, weights, atol=2e-4, mean_atol=1e-6)
+
+
+def test_accelerate_launch_runs_ddp_like_torchrun(root, llama_dir, single):
+    """``accelerate launch --multi_gpu`` (which starts its workers through torch.distributed.run,
+    setting
+    the same RANK/WORLD_SIZE environment; on CPUs too) gives the one-process run."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+           "--num_machines", "1", "--multi_gpu", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "tether", "--quiet", "train",
+           *_args(root, llama_dir, "accelerate", "batch_size=2", "distributed=ddp",
+                  f"eval_data={root / 'eval.jsonl'}")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(single, root / "accelerate")
