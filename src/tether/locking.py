@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tether.errors import ConfigError
-from tether.io import recover_dir
+from tether.io import output_error, recover_dir
 
 __all__ = ["LOCK_NAME", "exclusive_lock", "recover_when_idle"]
 
@@ -27,8 +27,11 @@ LOCK_NAME = ".tether.lock"  # inside a run directory
 def exclusive_lock(path: Path, what: str, fix: str) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) inside the ``with``; if another
     process holds it, raise ``ConfigError("<what>: in use by ... (pid N); <fix>")``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:  # a read-only place, a file in the way: one line, not a traceback
+        raise output_error(path, e, "create the lock file", what) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,7 +47,6 @@ def exclusive_lock(path: Path, what: str, fix: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the only descriptor releases the lock
-
 
 
 def recover_when_idle(model_dir: Path) -> None:

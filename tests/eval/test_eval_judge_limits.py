@@ -16,6 +16,7 @@ import pytest
 from eval_stream_server import StreamServer, drip, endless
 
 from tether.config import build_config
+from tether.errors import JudgeError
 from tether.eval.config import EvalConfig
 from tether.eval.evaluate import evaluate
 from tether.eval.judges.base import Verdict
@@ -105,23 +106,21 @@ def run_dir(tmp_path_factory, tokenizer):
     return root
 
 
-def test_evaluate_against_an_endless_judge_finishes_with_unparsed_pairs(run_dir, tmp_path):
-    with StreamServer(endless) as server:
-        results = evaluate(build_config(EvalConfig, {
+def test_evaluate_against_an_endless_judge_finishes_with_no_verdicts(run_dir, tmp_path):
+    """Every reply is cut at the cap: each call is unparsed with the reason, one request each,
+    bounded bytes; with no verdict at all the evaluation says so (exit 2 on the CLI) instead of
+    a 50 % made of the identical pairs' ties."""
+    with StreamServer(endless) as server, pytest.raises(JudgeError) as e:
+        evaluate(build_config(EvalConfig, {
             "model": str(run_dir / "run" / "model"), "reference": str(run_dir / "reference"),
             "data": str(run_dir / "heldout.jsonl"), "judge": "openai", "judge_url": server.url,
             "judge_model": "m", "judge_max_response_bytes": 500_000, "judge_timeout": 5.0,
             "judge_backoff": 0.001, "max_new_tokens": 6, "progress": False,
             "output_dir": str(tmp_path / "o"), "cache_dir": str(tmp_path / "c"),
         }))
-    out = tmp_path / "o" / "eval"
-    lines = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
-    asked = [x for x in lines if x["source"] == "judge"]
-    assert asked and server.requests == len(asked)  # one request per call, no retries
-    assert results["unparsed"] == results["pairs"] - sum(x["source"] == "identical" for x in lines)
-    assert results["unparsed"] > 0 and results["n"] == results["pairs"] - results["unparsed"]
     reason = "reply larger than judge_max_response_bytes=500000; not read further"
-    assert {x["error"] for x in asked} == {reason} and {x["verdict"] for x in asked} == {"unparsed"}
-    assert any(reason in w for w in results["warnings"]) and reason in (out / "report.md").read_text()
-    assert server.sent < len(asked) * 16 * MIB  # bounded, not 64 MiB per request
-    assert "judge_max_response_bytes: 500000" in (out / "config.yaml").read_text()
+    assert "no verdicts" in str(e.value) and reason in str(e.value)
+    assert server.requests >= 1  # one request per call, no retries of a reply too big
+    assert server.sent < server.requests * 16 * MIB  # bounded, not 64 MiB per request
+    assert "judge_max_response_bytes: 500000" in (tmp_path / "o" / "eval" / "config.yaml"
+                                                  ).read_text()

@@ -6,6 +6,7 @@ a truncated copy or a hand edit would damage it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -101,7 +102,7 @@ def test_reference_cache_with_wrong_values_does_not_reach_the_loss(llama_dir, tm
     train(cfg)
     (path,) = (tmp_path / "cache").rglob("ref-*.safetensors")
     _wrong_values(path)
-    run = train(cfg)
+    run = train(dataclasses.replace(cfg, overwrite=True))  # the same run again, same cache
     # policy == reference at step 1: every pair's loss is exactly log 2
     assert read_metrics(run)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
 

@@ -31,7 +31,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from tether.errors import ConfigError, TrainingError
-from tether.io import recover_dir
+from tether.io import make_dir, recover_dir
 from tether.locking import LOCK_NAME, exclusive_lock
 from tether.training.checkpoint import latest_checkpoint
 
@@ -60,6 +60,7 @@ def claim_run_dir(cfg: TrainConfig) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone writes the directory
         yield
         return
+    make_dir(out, "output_dir")  # a file in the way or a read-only place: one line, now
     with exclusive_lock(out / LOCK_NAME, f"output_dir {cfg.output_dir}",
                         "wait for the other run to end, or choose another output_dir"):
         _clean_leftovers(out)
