@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import math
-import random
-import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -31,7 +26,6 @@ from tether.config import TrainConfig, absolute_paths
 from tether.data.batching import micro_batches, step_batches
 from tether.data.memory import registered
 from tether.data.tokenization import TokenizedPair, beyond_context
-from tether.errors import CheckpointError, Stopped, TrainingError
 from tether.losses import LossConfig, LossOutput, loss_config
 from tether.model.export import write_model_files
 from tether.model.flex import choose_attention
@@ -53,7 +47,7 @@ from tether.shapes.pairs import token_weighting
 from tether.tracking import Tracking, open_tracking
 from tether.training.best import BestCheckpoint, prune_keeping
 from tether.training.callbacks import Callbacks
-from tether.training.checkpoint import LoopState, resume_from, save_checkpoint
+from tether.training.checkpoint import LoopState, save_checkpoint
 from tether.training.distributed import (
     Dist,
     GradSync,
@@ -64,20 +58,22 @@ from tether.training.distributed import (
     local_module,
     wrap_policy,
 )
-from tether.training.finish import adopt_metrics, finish_run, restore_best
+from tether.training.finish import finish_run, restore_best
 from tether.training.objects import Objects, prepare, ready_model, ready_tokenizer
 from tether.training.provenance import RunRecord
 from tether.training.reference import (
     Reference,
     build_reference,
     copy_before_wrapping,
-    data_fingerprint,
     reference_kind,
     synced_reference,
 )
+from tether.training.resume import fingerprint, lr_factor, resume, seed_everything
 from tether.training.run_dir import RunDir, open_run_dir
 from tether.training.run_guard import claim_run_dir, require_finite
-from tether.training.sharded_checkpoint import load_any_checkpoint, save_sharded_checkpoint
+from tether.training.sharded_checkpoint import save_sharded_checkpoint
+from tether.training.signals import StopOnSignal
+from tether.training.window import accumulate, add_step, finite_step, log_row, means
 from tether.trl_names import warmup_from_ratio
 
 __all__ = ["sft", "train"]
@@ -218,10 +214,10 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
                     loss = out.losses.sum() * s.dist.world_size / len(step_rows)
                     loss.backward()
                 losses.append(loss.detach())
-                _accumulate(step_stats, stats, len(micro))
+                accumulate(step_stats, stats, len(micro))
                 st.tokens += batch.tokens
             grad_norm = _clip(policy, cfg.max_grad_norm)
-            finite = _finite(s.dist.sum(torch.stack(losses).sum()), grad_norm, st,
+            finite = finite_step(s.dist.sum(torch.stack(losses).sum()), grad_norm, st,
                              cfg.max_bad_steps)
             if finite:
                 s.optimizer.step()
@@ -231,13 +227,13 @@ def _loop(s: Setup, stop: StopOnSignal) -> bool:
             st.step += 1
             s.after_step(st.step)
             st.step_in_epoch += 1
-            _add_step(window, step_stats, grad_norm, finite)  # a skipped step: counted only
+            add_step(window, step_stats, grad_norm, finite)  # a skipped step: counted only
             bar.update(1)
             if s.dist.any(s.callbacks.step_end(st.step)):  # e.g. early stopping: the last step
                 s.total_steps = st.step
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
                 s.dist.sum_rows(window)  # every rank's rows
-                row = _log_row(window, st, lr, st.epoch + st.step_in_epoch / len(steps))
+                row = log_row(window, st, lr, st.epoch + st.step_in_epoch / len(steps))
                 elapsed = time.perf_counter() - t_start - eval_seconds  # training time only
                 row["tokens_per_s"] = s.dist.total(st.tokens - tokens_at_start) / elapsed
                 row["num_tokens"] = s.dist.total(st.tokens)
@@ -304,71 +300,9 @@ def evaluate_pairs(s: Setup) -> dict[str, float]:
         batch = make_batch(rows, chunk, s.tokenizer.pad_token_id, s.prefix_sharing, s.packing)
         with s.precision.compute(s.device):
             _, stats = _forward(s, batch.to(s.device), "eval")
-        _accumulate(window, stats, len(chunk))
+        accumulate(window, stats, len(chunk))
     s.policy.train()
-    return {f"eval/{k}": v for k, v in _means(window).items()}
-
-
-def _accumulate(window: dict[str, float], stats: dict[str, Tensor], rows: int) -> None:
-    """Sum each per-row statistic over the rows where it is defined (not NaN), and count them
-    (KTO's chosen rewards exist only on desirable rows)."""
-    for k, v in stats.items():
-        v = v.detach().float().reshape(-1)
-        defined = ~torch.isnan(v)
-        window[k] += float(v[defined].sum())
-        window[f"{k}#rows"] += int(defined.sum())
-    window["rows"] += rows
-
-
-def _means(window: dict[str, float]) -> dict[str, float]:
-    """Each accumulated statistic over the rows it was defined on."""
-    return {k: v / max(1, window[f"{k}#rows"]) for k, v in window.items()
-            if not k.endswith("#rows") and f"{k}#rows" in window}
-
-
-def _add_step(window: dict[str, float], step: dict[str, float], grad_norm: float,
-              finite: bool) -> None:
-    """Add one optimizer step's sums to the logging window. A skipped (non-finite) step adds
-    only its count: its numbers are not averaged in, so it is never logged as a loss."""
-    window["steps"] += 1
-    if not finite:
-        window["skipped"] += 1
-        return
-    for k, v in step.items():
-        window[k] += v
-    window["grad_norm"] += grad_norm
-
-
-def _log_row(window: dict[str, float], st: LoopState, lr: float, epoch: float) -> dict[str, Any]:
-    """One metrics line: the means over the window's finite steps; a window of skipped steps
-    only has no loss, no statistics and ``"skipped": true``. ``learning_rate``, ``epoch`` (a
-    float) and ``num_tokens`` are the names TRL users read."""
-    row: dict[str, Any] = {"step": st.step, "epoch": epoch, "lr": lr, "learning_rate": lr}
-    row.update(_means(window))
-    kept = window["steps"] - window["skipped"]
-    if kept:
-        row["grad_norm"] = window["grad_norm"] / kept
-    else:
-        row["skipped"] = True
-    row["skipped_steps"] = st.skipped_steps
-    return row
-
-
-def _finite(loss: Tensor, grad_norm: float, st: LoopState, max_bad: int) -> bool:
-    """Numeric guard: a non-finite loss or gradient skips the step; too many in a row abort."""
-    if math.isfinite(float(loss)) and math.isfinite(grad_norm):
-        st.bad_steps = 0
-        return True
-    st.bad_steps += 1
-    st.skipped_steps += 1
-    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
-                st.step + 1, st.bad_steps)
-    if st.bad_steps >= max_bad:
-        raise TrainingError(
-            f"step {st.step + 1}: loss or gradient non-finite for {st.bad_steps} steps in a row "
-            "(max_bad_steps); lower lr, check the data, or use precision=fp32"
-        )
-    return False
+    return {f"eval/{k}": v for k, v in means(window).items()}
 
 
 def _checkpoint(s: Setup) -> None:
@@ -388,49 +322,11 @@ def _checkpoint(s: Setup) -> None:
     s.track.checkpoint()  # report.md redrawn
 
 
-class StopOnSignal:
-    """SIGTERM/SIGINT ask the loop to finish its step, checkpoint and return; a second
-    SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def stopped(self, step: int) -> Stopped:
-        """The error a stopped run ends with: exit code 128 + the signal (143 SIGTERM)."""
-        signum = signal.Signals[self.requested] if self.requested else signal.SIGTERM
-        return Stopped(
-            f"stopped by {self.requested or 'another rank'} at step {step}; checkpoint written. "
-            "Resume with the same command plus resume=true", signum,
-        )
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
     return clip_grad_norm(model, max_norm)  # works on FSDP's sharded gradients too
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _setup(cfg: TrainConfig, objects: Objects | None = None) -> Setup:
@@ -484,13 +380,13 @@ def _setup(cfg: TrainConfig, objects: Objects | None = None) -> Setup:
         fused=cfg.fused_adamw and dist.world_size == 1,  # no fused kernel for sharded DTensors
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, warmup, total, cfg.scheduler)
+        optimizer, lambda step: lr_factor(step, warmup, total, cfg.scheduler)
     )
-    fingerprint = _fingerprint(cfg, train_rows, rows_per_step)
-    state = _resume(cfg, run, policy, optimizer, scheduler, fingerprint)
+    fp = fingerprint(cfg, train_rows, rows_per_step)
+    state = resume(cfg, run, policy, optimizer, scheduler, fp)
     track = open_tracking(cfg, run, dist, train_rows)  # after _resume trimmed metrics.jsonl
     return Setup(cfg, loss, shape, run, device, precision, tokenizer, policy, reference,
-                 train_rows, eval_rows, optimizer, scheduler, total, fingerprint, state, dist,
+                 train_rows, eval_rows, optimizer, scheduler, total, fp, state, dist,
                  scorer, sharing, cfg.packing, GradSync(scorer, defer_fsdp=cfg.lora), after_step,
                  token_weighting(loss),
                  BestCheckpoint.for_run(cfg.keep_best, run.path, dist.active, state.step),
@@ -513,57 +409,6 @@ def _shares_prefix(cfg: TrainConfig, shape: Shape, reference_kind: str, dist: Di
 # Keys that may change between a run and its resumption; every other key must match.
 # max_steps/epochs may grow to extend a run (the learning-rate schedule then follows the new
 # length, so only an unchanged length reproduces the uninterrupted run bit for bit).
-_RESUMABLE_KEYS = {"resume", "save_every", "keep_checkpoints", "save_total_limit", "keep_best",
-                   "push_to_hub", "progress", "log_every",
-                   "eval_every", "eval_batch_size", "output_dir", "cache_dir", "max_bad_steps",
-                   "eval_data", "max_steps", "epochs", "overwrite",
-                   # scale: the global batch (rows per step) must match, not how it is split
-                   # over ranks and micro-batches, so a run may resume at another world size
-                   "batch_size", "grad_accum", "distributed", "merge",
-                   "report_to", "run_name", "project", "report"}
-
-
-def _fingerprint(cfg: TrainConfig, rows: list[TokenizedPair], global_batch: int) -> dict[str, Any]:
-    fp = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_KEYS}
-    fp["global_batch"] = global_batch
-    fp["train_rows_sha256"] = data_fingerprint(rows)
-    return json.loads(json.dumps(fp))  # as it reads back from JSON
-
-
-def _resume(
-    cfg: TrainConfig, run: RunDir, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict[str, Any],
-) -> LoopState:
-    """Continue from the newest complete checkpoint (or the one ``resume`` names) when asked;
-    else start fresh."""
-    path = resume_from(cfg.resume, run.path)
-    if path is None:
-        if cfg.resume is True:
-            raise CheckpointError(
-                f"{run.path}/checkpoints: no complete checkpoint to resume; use resume=auto "
-                "to start fresh when there is none"
-            )
-        if run.metrics_path.exists():
-            run.metrics_path.unlink()  # a fresh run in an old directory starts a new log
-        return LoopState()
-    state = load_any_checkpoint(path, policy, optimizer, scheduler, fingerprint)
-    adopt_metrics(run, path)  # a checkpoint of another run directory brings its metrics
-    run.truncate_metrics(state.metrics_lines)  # steps after the checkpoint are logged again
-    log.info("resumed from %s (step %d)", path, state.step)
-    return state
-
-
-def _lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return max(0.0, 1 - progress)
-
-
 def _load_rows(
     cfg: TrainConfig, shape: Shape, tokenizer: Any, run: RunDir
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
