@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 
 from tether.errors import ConfigError
 from tether.ui.inputs import Mode, PairItem
+from tether.ui.schema import ELIGIBLE, OPEN, SCHEMA
 
 __all__ = [
     "CHOICES",
@@ -43,81 +44,6 @@ CHOICES = ("A", "B", "tie", "both_bad", "skip")
 Choice = Literal["A", "B", "tie", "both_bad", "skip"]
 NAME_MAX = 64
 REASON_MAX = 2000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,
-    prompt TEXT NOT NULL,
-    answer_1 TEXT NOT NULL,
-    answer_2 TEXT NOT NULL,
-    label_1 TEXT NOT NULL,
-    label_2 TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    rank TEXT NOT NULL,
-    overlap INTEGER NOT NULL,
-    identical INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_rank ON items (identical, rank);
-CREATE TABLE IF NOT EXISTS judge_verdicts (
-    item_id INTEGER NOT NULL REFERENCES items (id),
-    judge TEXT NOT NULL,
-    outcome TEXT NOT NULL CHECK (outcome IN ('1', '2', 'tie')),
-    PRIMARY KEY (item_id, judge)
-);
-CREATE TABLE IF NOT EXISTS annotators (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    id_hash TEXT PRIMARY KEY,
-    annotator_id INTEGER NOT NULL REFERENCES annotators (id),
-    csrf TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS assignments (
-    item_id INTEGER NOT NULL REFERENCES items (id),
-    annotator_id INTEGER NOT NULL REFERENCES annotators (id),
-    swapped INTEGER NOT NULL,
-    assigned REAL NOT NULL,
-    PRIMARY KEY (item_id, annotator_id)
-);
-CREATE INDEX IF NOT EXISTS assignments_by_annotator ON assignments (annotator_id, assigned);
-CREATE TABLE IF NOT EXISTS votes (
-    item_id INTEGER NOT NULL,
-    annotator_id INTEGER NOT NULL,
-    choice TEXT NOT NULL CHECK (choice IN ('A', 'B', 'tie', 'both_bad', 'skip')),
-    outcome TEXT NOT NULL CHECK (outcome IN ('1', '2', 'tie', 'both_bad', 'skip')),
-    reason TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (item_id, annotator_id),
-    FOREIGN KEY (item_id, annotator_id) REFERENCES assignments (item_id, annotator_id)
-);
-"""
-
-# Items this annotator may be given next: not seen by them yet, and not held by enough others.
-# An item is held by an annotator with an open claim younger than the lease, or with a vote
-# other than skip. Exclusive items may be held by one annotator; shared (overlap) items by
-# :k of them (:k = 0: by everyone).
-_HOLDERS = """(
-      SELECT COUNT(*) FROM assignments a
-      LEFT JOIN votes v ON v.item_id = a.item_id AND v.annotator_id = a.annotator_id
-      WHERE a.item_id = i.id
-        AND ((v.choice IS NULL AND a.assigned > :stale) OR v.choice != 'skip'))"""
-
-_ELIGIBLE = f"""
-FROM items i
-WHERE i.identical = 0
-  AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = :me)
-  AND (CASE WHEN i.overlap = 1 THEN :k = 0 OR {_HOLDERS} < :k ELSE {_HOLDERS} = 0 END)
-"""
-
-_OPEN = """
-FROM assignments a
-LEFT JOIN votes v ON v.item_id = a.item_id AND v.annotator_id = a.annotator_id
-WHERE a.annotator_id = :me AND v.item_id IS NULL
-"""
-
 
 class VoteRejected(Exception):
     """A vote the server refuses; ``status`` is the HTTP status to answer with."""
@@ -241,7 +167,7 @@ class LabelStore:
         conn = sqlite3.connect(self.path, timeout=30)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             conn.commit()
         except sqlite3.DatabaseError as err:
             raise ConfigError(f"--db {self.path}: not a tether label database ({err})") from None
@@ -414,11 +340,11 @@ class LabelStore:
         params = self._queue_params(who)
         with self._db(write=True) as db:
             row: Any = db.execute(
-                f"SELECT a.item_id, a.swapped {_OPEN} ORDER BY a.assigned, a.item_id LIMIT 1",
+                f"SELECT a.item_id, a.swapped {OPEN} ORDER BY a.assigned, a.item_id LIMIT 1",
                 params,
             ).fetchone()
             if row is None:
-                nxt = db.execute(f"SELECT i.id, i.key {_ELIGIBLE} ORDER BY i.rank LIMIT 1",
+                nxt = db.execute(f"SELECT i.id, i.key {ELIGIBLE} ORDER BY i.rank LIMIT 1",
                                  params).fetchone()
                 if nxt is None:
                     return None
@@ -434,8 +360,8 @@ class LabelStore:
     def progress(self, who: Session) -> Progress:
         params = self._queue_params(who)
         with self._db() as db:
-            (eligible,) = db.execute(f"SELECT COUNT(*) {_ELIGIBLE}", params).fetchone()
-            (open_,) = db.execute(f"SELECT COUNT(*) {_OPEN}", params).fetchone()
+            (eligible,) = db.execute(f"SELECT COUNT(*) {ELIGIBLE}", params).fetchone()
+            (open_,) = db.execute(f"SELECT COUNT(*) {OPEN}", params).fetchone()
             counts = dict(
                 db.execute(
                     "SELECT choice = 'skip', COUNT(*) FROM votes WHERE annotator_id = ?"
